@@ -1,0 +1,192 @@
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import peewee
+import pytest
+
+from within_db import introspect, migrate
+from within_db.errors import MigrationError, NotMigratedError
+from within_db.models import ALL_MODELS
+from within_db.models.campaigns import Campaign
+from within_db.models.users import User
+
+SHIPPED = sorted(p.stem for p in migrate.migrations_dir().glob("[0-9]*.py"))
+
+
+def test_up_status_down_up_again(fresh_db):
+    assert [m.applied for m in migrate.status(fresh_db)] == [False] * len(SHIPPED)
+    assert migrate.upgrade(fresh_db) == SHIPPED
+    assert migrate.upgrade(fresh_db) == []
+    assert migrate.head(fresh_db) == SHIPPED[-1]
+    assert migrate.pending(fresh_db) == []
+    reverted = migrate.downgrade(fresh_db, target=SHIPPED[0])
+    assert reverted == list(reversed(SHIPPED))
+    with fresh_db.connection_context():
+        assert introspect.table_names(fresh_db) == [migrate.HISTORY_TABLE]
+    assert migrate.upgrade(fresh_db) == SHIPPED
+    with fresh_db.connection_context():
+        tables = set(introspect.table_names(fresh_db))
+    assert {m._meta.table_name for m in ALL_MODELS} | {migrate.HISTORY_TABLE} == tables
+
+
+def test_fake_records_without_running(fresh_db):
+    assert migrate.upgrade(fresh_db, target=SHIPPED[0], fake=True) == [SHIPPED[0]]
+    with fresh_db.connection_context():
+        assert "users" not in introspect.table_names(fresh_db)
+
+
+def test_unknown_target_and_unapplied_down_target(fresh_db):
+    with pytest.raises(MigrationError, match="unknown migration"):
+        migrate.upgrade(fresh_db, target="9999_nope")
+    with pytest.raises(MigrationError, match="migrate status"):
+        migrate.downgrade_plan(fresh_db, target="0001_initial")
+    assert migrate.downgrade_plan(fresh_db) == []
+
+
+def test_require_migrated_says_what_to_run(fresh_db):
+    with pytest.raises(NotMigratedError, match="within-db migrate up"):
+        migrate.require_migrated(fresh_db)
+    migrate.upgrade(fresh_db)
+    migrate.require_migrated(fresh_db)
+
+
+def test_migrations_build_the_same_schema_as_the_models(session_db):
+    assert migrate.check(session_db) == []
+
+
+def test_check_reports_model_changes(session_db):
+    field = peewee.CharField(null=True)
+    User._meta.add_field("nickname", field)
+    Campaign._meta.constraints.append(peewee.Check("length(name) < 500",
+                                                   name="campaigns_name_length_check"))
+    name_field = Campaign._meta.fields["name"]
+    name_field.null = True
+    try:
+        diffs = migrate.check(session_db)
+    finally:
+        User._meta.remove_field("nickname")
+        Campaign._meta.constraints.pop()
+        name_field.null = False
+    text = "\n".join(diffs)
+    assert "users: column nickname in models, missing from migrations" in text
+    assert "campaigns: check campaigns_name_length_check in models" in text
+    assert "campaigns: column name differs" in text
+    assert migrate.check(session_db) == []
+
+
+def _copy_migrations(tmp_path, extra: dict[str, str]):
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for path in migrate.migrations_dir().glob("[0-9]*.py"):
+        shutil.copy(path, folder / path.name)
+    for name, body in extra.items():
+        (folder / name).write_text(textwrap.dedent(body))
+    return folder
+
+
+BROKEN = """
+    '''Create a table, add a column, then fail.'''
+    from peewee import *
+
+
+    def up(migrator, db):
+        class Scratch(Model):
+            label = CharField()
+
+            class Meta:
+                database = db
+                table_name = 'scratch'
+
+        db.create_tables([Scratch])
+        migrator.migrate(migrator.add_column('users', 'nickname', CharField(null=True)))
+        raise RuntimeError('boom')
+
+
+    def down(migrator, db):
+        pass
+"""
+
+
+def test_a_failing_migration_leaves_nothing_behind(fresh_db, tmp_path):
+    folder = _copy_migrations(tmp_path, {"0900_broken.py": BROKEN})
+    with pytest.raises(MigrationError, match="0900_broken .up. failed with RuntimeError"):
+        migrate.upgrade(fresh_db, directory=folder)
+    states = {m.name: m.applied for m in migrate.status(fresh_db, directory=folder)}
+    assert states.pop("0900_broken") is False
+    assert all(states.values())  # the earlier migrations stay applied
+    with fresh_db.connection_context():
+        assert "scratch" not in introspect.table_names(fresh_db)
+        assert "nickname" not in introspect.describe(fresh_db, ["users"])["users"].columns
+
+
+REBUILD = """
+    '''Add a NOT NULL column with a default and an index to campaigns.'''
+    from peewee import *
+
+
+    def up(migrator, db):
+        migrator.migrate(
+            migrator.add_column('campaigns', 'priority', IntegerField(default=5)),
+            migrator.add_index('campaigns', ('priority',), False),
+        )
+
+
+    def down(migrator, db):
+        migrator.migrate(
+            migrator.drop_index('campaigns', 'campaigns_priority'),
+            migrator.drop_column('campaigns', 'priority'),
+        )
+"""
+
+
+def test_alter_keeps_rows_and_foreign_keys(fresh_db, tmp_path):
+    from tests.helpers import make_ad, make_campaign
+
+    migrate.upgrade(fresh_db)
+    with fresh_db.connection_context():
+        campaign = make_campaign()
+        make_ad(campaign)
+        make_ad(campaign)
+    folder = _copy_migrations(tmp_path, {"0900_priority.py": REBUILD})
+    assert migrate.upgrade(fresh_db, directory=folder) == ["0900_priority"]
+    with fresh_db.connection_context():
+        described = introspect.describe(fresh_db, ["campaigns", "ads"])
+        assert described["campaigns"].columns["priority"].nullable is False
+        assert "campaigns_priority" in described["campaigns"].indexes
+        assert described["ads"].foreign_keys["campaign_id"].on_delete == "CASCADE"
+        priority = fresh_db.execute_sql("SELECT priority FROM campaigns").fetchall()
+        assert priority == [(5,)]
+        assert fresh_db.execute_sql("SELECT count(*) FROM ads").fetchone()[0] == 2
+        with fresh_db.atomic():
+            Campaign.delete().execute()  # the cascade still works after the rebuild
+        assert fresh_db.execute_sql("SELECT count(*) FROM ads").fetchone()[0] == 0
+    assert migrate.downgrade(fresh_db, directory=folder) == ["0900_priority"]
+    assert migrate.check(fresh_db) == []
+
+
+def test_missing_file_for_an_applied_migration(fresh_db, tmp_path):
+    folder = _copy_migrations(tmp_path, {"0900_priority.py": REBUILD})
+    migrate.upgrade(fresh_db, directory=folder)
+    (folder / "0900_priority.py").unlink()
+    states = migrate.status(fresh_db, directory=folder)
+    assert states[-1].name == "0900_priority" and states[-1].file_missing
+    with pytest.raises(MigrationError, match="file is missing"):
+        migrate.downgrade(fresh_db, directory=folder)
+
+
+def test_two_concurrent_upgrades_apply_each_migration_once(fresh_url):
+    code = ("import sys, within_db; from within_db import migrate;"
+            "db = within_db.connect(sys.argv[1]); print(len(migrate.upgrade(db)))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, fresh_url], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert sorted(int(out) for out, _ in results) == [0, len(SHIPPED)]
+    import within_db
+
+    db = within_db.db.make_database(fresh_url)
+    with db.connection_context():
+        count = db.execute_sql(f"SELECT count(*) FROM {migrate.HISTORY_TABLE}").fetchone()[0]
+    assert count == len(SHIPPED)

@@ -1,0 +1,5 @@
+"""Run the CLI as ``python -m within_db``."""
+
+from within_db.cli import main
+
+main()

@@ -1,0 +1,111 @@
+"""BaseModel on the database proxy, the timestamp base, JSON-safe dicts and CHECK helpers.
+
+Indexes and constraints are never declared here: peewee inherits them into every model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import peewee
+
+from within_db.db import database
+from within_db.fields import UTCDateTimeField, utcnow
+
+MAX_IDENTIFIER = 63  # PostgreSQL truncates longer names silently
+
+
+def jsonable(value: Any) -> Any:
+    """Return ``value`` as a JSON-serialisable object (UUID, datetimes, dates, Decimal as text)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        text = format(value.normalize(), "f")
+        return text
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"cannot make {type(value).__name__} JSON-serialisable")
+
+
+class BaseModel(peewee.Model):
+    """Every within_db model: bound to the proxy, flat secret-free ``to_dict()``."""
+
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the row's columns as JSON-safe values; foreign keys as ids, secrets omitted."""
+        private = getattr(self._meta, "private_fields", ())
+        out = {}
+        for field in self._meta.sorted_fields:
+            if field.name in private:
+                continue
+            key = field.column_name if isinstance(field, peewee.ForeignKeyField) else field.name
+            out[key] = jsonable(self.__data__.get(field.name))
+        return out
+
+
+class TimestampedModel(BaseModel):
+    """Adds ``created_at`` and ``updated_at`` (aware UTC); ``save()`` refreshes ``updated_at``."""
+
+    created_at = UTCDateTimeField(default=utcnow)
+    updated_at = UTCDateTimeField(default=utcnow)
+
+    def save(self, *args, **kwargs):
+        if self._pk is not None and not kwargs.get("force_insert"):
+            self.updated_at = utcnow()
+        return super().save(*args, **kwargs)
+
+
+def check(table: str, rule: str, expression: str) -> peewee.NodeList:
+    """Return a CHECK constraint named ``<table>_<rule>_check``."""
+    return peewee.Check(expression, name=constraint_name(table, rule, "check"))
+
+
+def constraint_name(table: str, rule: str, suffix: str) -> str:
+    name = f"{table}_{rule}_{suffix}" if suffix else f"{table}_{rule}"
+    if len(name) > MAX_IDENTIFIER:
+        raise ValueError(f"constraint name {name!r} is longer than {MAX_IDENTIFIER} characters")
+    return name
+
+
+def one_of(column: str, values: tuple[str, ...]) -> str:
+    """Render ``column IN (...)`` for a CHECK over a module constant of allowed values."""
+    quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+    return f"{column} IN ({quoted})"
+
+
+def currency_code(column: str = "currency") -> str:
+    """Render a CHECK expression for a 3-letter upper-case currency code."""
+    letters = " AND ".join(
+        f"substr({column}, {i}, 1) BETWEEN 'A' AND 'Z'" for i in (1, 2, 3)
+    )
+    return f"length({column}) = 3 AND {column} = upper({column}) AND {letters}"
+
+
+def separated_by(column: str, char: str) -> str:
+    """Render a CHECK that ``column`` contains ``char`` neither first nor last.
+
+    Written without LIKE: a ``%`` in DDL text is a placeholder to psycopg2.
+    """
+    return (
+        f"replace({column}, '{char}', '') <> {column} "
+        f"AND substr({column}, 1, 1) <> '{char}' "
+        f"AND substr({column}, length({column}), 1) <> '{char}'"
+    )
+
+
+def non_negative(*columns: str) -> str:
+    return " AND ".join(f"{c} >= 0" for c in columns)

@@ -1,0 +1,62 @@
+"""The within_db exception hierarchy.
+
+Every error the library raises on purpose is a WithinDBError. Messages say what was found,
+what was expected and what to run next; they never carry a password, token, hash or row value.
+"""
+
+
+class WithinDBError(Exception):
+    """Base class of every error raised by within_db on purpose."""
+
+    exit_code = 1
+
+
+class ConfigurationError(WithinDBError):
+    """The database URL or another setting is missing or malformed."""
+
+    exit_code = 2
+
+
+class NotConnectedError(ConfigurationError, AttributeError):
+    """The database proxy was used before ``within_db.connect()`` bound it."""
+
+
+class DatabaseUnavailableError(WithinDBError):
+    """The database server could not be reached."""
+
+
+class NotMigratedError(WithinDBError):
+    """The database schema is missing or behind the migrations."""
+
+
+class MigrationError(WithinDBError):
+    """A migration could not be planned or applied."""
+
+
+class ValidationError(WithinDBError, ValueError):
+    """A value was refused before it reached the database, or by one of its constraints."""
+
+
+class NotFoundError(WithinDBError, LookupError):
+    """The requested row does not exist."""
+
+
+class ConflictError(WithinDBError):
+    """The write conflicts with a row that already exists (a UNIQUE constraint)."""
+
+
+class PermissionDeniedError(WithinDBError):
+    """The acting user lacks the permission the operation needs."""
+
+
+class InvalidTransitionError(WithinDBError):
+    """A state machine (training jobs, model stages) was asked for an illegal move."""
+
+
+class BulkInsertError(WithinDBError):
+    """A bulk write was rejected; nothing was written. ``position`` is the 0-based row index."""
+
+    def __init__(self, message: str, position: int | None = None, constraint: str | None = None):
+        super().__init__(message)
+        self.position = position
+        self.constraint = constraint

@@ -1,0 +1,116 @@
+"""Render models as frozen migration source: inline models with their CHECKs and partial indexes.
+
+playhouse's ``template()`` drops CHECK constraints and partial indexes; this renderer keeps
+both, and reduces within_db's custom fields to their storage types so migrations never import
+the package.
+"""
+
+from __future__ import annotations
+
+import peewee
+
+_LOCAL_TYPES = {"TIMESTAMPTZ": "TimestampTZField"}
+
+
+def storage_class(field: peewee.Field) -> str:
+    """Name the peewee class (or a local one in the migration) that stores ``field``."""
+    if field.field_type in _LOCAL_TYPES:
+        return _LOCAL_TYPES[field.field_type]
+    for cls in type(field).__mro__:
+        if cls.__module__ == "peewee":
+            return cls.__name__
+    raise TypeError(f"{field!r} has no peewee storage class")
+
+
+def field_source(field: peewee.Field, targets: dict) -> str:
+    args = []
+    if isinstance(field, peewee.ForeignKeyField):
+        rel = field.rel_model
+        args.append("'self'" if rel is field.model else targets[rel])
+        if field.rel_field is not rel._meta.primary_key:
+            args.append(f"field={field.rel_field.name!r}")
+        args.append(f"on_delete={field.on_delete!r}")
+        if not field.index and not field.unique:
+            args.append("index=False")
+        if field.column_name != f"{field.name}_id":
+            args.append(f"column_name={field.column_name!r}")
+    elif field.column_name != field.name:
+        args.append(f"column_name={field.column_name!r}")
+    if field.primary_key and not isinstance(field, peewee.AutoField):
+        args.append("primary_key=True")
+    if field.unique:
+        args.append("unique=True")
+    elif field.index and not isinstance(field, peewee.ForeignKeyField):
+        args.append("index=True")
+    if field.null:
+        args.append("null=True")
+    if isinstance(field, peewee.CharField) and field.max_length != 255:
+        args.append(f"max_length={field.max_length}")
+    if isinstance(field, peewee.DecimalField):
+        args.append(f"max_digits={field.max_digits}, decimal_places={field.decimal_places}")
+    if field.constraints:
+        raise ValueError(f"{field!r}: column constraints are not frozen; use Meta.constraints")
+    return f"{storage_class(field)}({', '.join(args)})"
+
+
+def check_source(node) -> str:
+    """Render a named peewee ``Check`` back as ``Check('expr', name='...')``."""
+    _, entity, sql = node.nodes
+    expression = sql.sql[len("CHECK ("):-1]
+    return f"Check({expression!r}, name={entity._path[0]!r})"
+
+
+def partial_index_source(model, index, database) -> str:
+    # Render the real CREATE INDEX and keep its WHERE clause: peewee inlines the literals there.
+    sql, _ = model._schema._create_index(index).query()
+    where = sql.split(" WHERE ", 1)[1]
+    columns = ", ".join(f"{model.__name__}.{f.name}" for f in index._expressions)
+    unique = ", unique=True" if index._unique else ""
+    return (f"{model.__name__}.add_index({model.__name__}.index({columns}{unique}, "
+            f"name={index._name!r}).where(SQL({where!r})))")
+
+
+def model_source(model, targets: dict, database) -> list[str]:
+    meta = model._meta
+    lines = [f"class {model.__name__}(Model):"]
+    for field in meta.sorted_fields:
+        if type(field) is peewee.AutoField and field.name == "id":  # implicit in peewee
+            continue
+        lines.append(f"    {field.name} = {field_source(field, targets)}")
+    lines += ["", "    class Meta:", "        database = db", "        legacy_table_names = False",
+              f"        table_name = {meta.table_name!r}"]
+    plain = [ix for ix in meta.indexes if isinstance(ix, (list, tuple))]
+    partial = [ix for ix in meta.indexes if not isinstance(ix, (list, tuple))]
+    if plain:
+        lines.append("        indexes = (")
+        lines += [f"            ({tuple(cols)!r}, {unique}),".replace(",),", ",),")
+                  for cols, unique in plain]
+        lines.append("        )")
+    constraints = meta.constraints or []
+    if constraints:
+        lines.append("        constraints = [")
+        lines += [f"            {check_source(c)}," for c in constraints]
+        lines.append("        ]")
+    lines.append("")
+    for index in partial:
+        lines.append(partial_index_source(model, index, database))
+    return lines
+
+
+def models_source(models, database) -> str:
+    """Return the body of ``up()`` that creates ``models`` (sorted by dependency)."""
+    models = peewee.sort_models(models)
+    targets = {m: m.__name__ for m in models}
+    out = []
+    for model in models:
+        out += model_source(model, targets, database)
+        out.append("")
+    names = ", ".join(m.__name__ for m in models)
+    out.append(f"db.create_tables([{names}])")
+    return "\n".join(out)
+
+
+def local_type_source() -> str:
+    return "\n\n".join(
+        f"class {name}(Field):\n    field_type = {ftype!r}" for ftype, name in _LOCAL_TYPES.items()
+    )

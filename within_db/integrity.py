@@ -1,0 +1,81 @@
+"""Name the constraint behind an IntegrityError, the same way on SQLite and PostgreSQL.
+
+PostgreSQL reports constraint names through psycopg2's diagnostics; SQLite names CHECKs but
+reports UNIQUE violations by columns, which are mapped back to the index name here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import peewee
+
+_SQLITE = [
+    ("check", re.compile(r"CHECK constraint failed: (\w+)")),
+    ("unique", re.compile(r"UNIQUE constraint failed: ([\w., ]+)")),
+    ("not_null", re.compile(r"NOT NULL constraint failed: (\w+)\.(\w+)")),
+    ("foreign_key", re.compile(r"FOREIGN KEY constraint failed")),
+]
+
+
+@dataclass(frozen=True)
+class Violation:
+    """``kind`` is check, unique, not_null or foreign_key; ``name`` the constraint's name.
+
+    Not-null violations are named ``<table>_<column>_not_null``; SQLite does not say which
+    foreign key failed, so its foreign-key violations have ``name=None``.
+    """
+
+    kind: str
+    name: str | None
+
+
+def violation(exc: peewee.IntegrityError, db: peewee.Database) -> Violation | None:
+    """Return the constraint ``exc`` reports, or None if it cannot be told."""
+    orig = getattr(exc, "orig", None) or (exc.args[0] if exc.args else None)
+    diag = getattr(orig, "diag", None)
+    if diag is not None:
+        return _postgres(orig, diag)
+    return _sqlite(str(exc), db)
+
+
+_PG_KINDS = {"23514": "check", "23505": "unique", "23502": "not_null", "23503": "foreign_key"}
+
+
+def _postgres(orig, diag) -> Violation | None:
+    kind = _PG_KINDS.get(getattr(orig, "pgcode", None))
+    if kind is None:
+        return None
+    if kind == "not_null":
+        return Violation(kind, f"{diag.table_name}_{diag.column_name}_not_null")
+    return Violation(kind, diag.constraint_name)
+
+
+def _sqlite(message: str, db: peewee.Database) -> Violation | None:
+    for kind, pattern in _SQLITE:
+        match = pattern.search(message)
+        if not match:
+            continue
+        if kind == "check":
+            return Violation(kind, match.group(1))
+        if kind == "not_null":
+            return Violation(kind, f"{match.group(1)}_{match.group(2)}_not_null")
+        if kind == "unique":
+            return Violation(kind, _sqlite_unique_name(match.group(1), db))
+        return Violation(kind, None)
+    return None
+
+
+def _sqlite_unique_name(spec: str, db: peewee.Database) -> str:
+    pairs = [part.strip().split(".", 1) for part in spec.split(",")]
+    table = pairs[0][0]
+    columns = [col for _, col in pairs]
+    quoted = '"' + table.replace('"', '""') + '"'
+    for _seq, name, unique, _origin, _partial in db.execute_sql(f"PRAGMA index_list({quoted})"):
+        if not unique:
+            continue
+        cols = [r[2] for r in db.execute_sql(f"PRAGMA index_info(\"{name}\")")]
+        if cols == columns and not name.startswith("sqlite_autoindex"):
+            return name
+    return f"{table}_{'_'.join(columns)}"

@@ -1,0 +1,245 @@
+"""Read the live schema of a database: tables, columns, indexes, foreign keys, CHECKs.
+
+Used by ``migrate check`` (drift) and by ``within-db inspect``; also the allow-list that user
+supplied table and column names are checked against before any query is built.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import peewee
+
+from within_db.db import backend
+from within_db.errors import ValidationError
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    nullable: bool
+    default: str | None
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str
+    columns: tuple[str, ...]
+    unique: bool
+    where: str | None
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    column: str
+    ref_table: str
+    ref_column: str
+    on_delete: str
+
+
+@dataclass
+class Table:
+    name: str
+    columns: dict[str, Column] = field(default_factory=dict)
+    indexes: dict[str, Index] = field(default_factory=dict)
+    foreign_keys: dict[str, ForeignKey] = field(default_factory=dict)
+    checks: dict[str, str] = field(default_factory=dict)
+    primary_key: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {
+            "table": self.name,
+            "primary_key": list(self.primary_key),
+            "columns": [vars(c) for c in self.columns.values()],
+            "indexes": [dict(vars(i), columns=list(i.columns)) for i in self.indexes.values()],
+            "foreign_keys": [vars(f) for f in self.foreign_keys.values()],
+            "checks": [{"name": k, "expression": v} for k, v in self.checks.items()],
+        }
+
+
+def table_names(db: peewee.Database) -> list[str]:
+    """Return the database's table names (current schema on PostgreSQL), sorted."""
+    if backend(db) == "postgres":
+        sql = ("SELECT table_name FROM information_schema.tables "
+               "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'")
+    else:
+        sql = ("SELECT name FROM sqlite_master WHERE type = 'table' "
+               "AND name NOT LIKE 'sqlite_%'")  # noqa: S608 - constant text
+    return sorted(row[0] for row in db.execute_sql(sql).fetchall())
+
+
+def describe(db: peewee.Database, tables: list[str] | None = None) -> dict[str, Table]:
+    """Return the live schema of ``tables`` (default: all) keyed by table name."""
+    names = table_names(db) if tables is None else tables
+    reader = _describe_postgres if backend(db) == "postgres" else _describe_sqlite
+    return {name: reader(db, name) for name in names}
+
+
+def require_table(db: peewee.Database, name: str) -> str:
+    """Return ``name`` if it is a table here, else raise ValidationError listing valid names."""
+    valid = table_names(db)
+    if name not in valid:
+        raise ValidationError(f'unknown table "{name}"; valid tables: {", ".join(valid)}')
+    return name
+
+
+def require_column(table: Table, name: str) -> str:
+    if name not in table.columns:
+        raise ValidationError(
+            f'unknown column "{name}" in table "{table.name}"; valid columns: '
+            f'{", ".join(table.columns)}'
+        )
+    return name
+
+
+# -- SQLite ---------------------------------------------------------------------------------
+
+_CHECK_RE = re.compile(r'CONSTRAINT\s+"?(\w+)"?\s+CHECK\s*\(', re.IGNORECASE)
+
+
+def _balanced(text: str, start: int) -> str:
+    """Return the text inside the parenthesis opened just before ``start``."""
+    depth, i, quote = 1, start, None
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return text[start:i]
+        i += 1
+    raise ValueError("unbalanced parentheses in schema SQL")
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _describe_sqlite(db, name: str) -> Table:
+    table = Table(name)
+    q = _quote(name)
+    for _cid, col, ctype, notnull, default, pk in db.execute_sql(f"PRAGMA table_info({q})"):
+        table.columns[col] = Column(col, ctype.upper(), not notnull and not pk, default)
+    pk_rows = [r for r in db.execute_sql(f"PRAGMA table_info({q})") if r[5]]
+    table.primary_key = tuple(r[1] for r in sorted(pk_rows, key=lambda r: r[5]))
+    index_sql = dict(db.execute_sql(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (name,)
+    ).fetchall())
+    for _seq, iname, unique, origin, _partial in db.execute_sql(f"PRAGMA index_list({q})"):
+        if origin == "pk" or iname.startswith("sqlite_autoindex"):
+            continue
+        cols = tuple(r[2] for r in db.execute_sql(f"PRAGMA index_info({_quote(iname)})"))
+        sql = index_sql.get(iname) or ""
+        where = sql.split(" WHERE ", 1)[1].strip() if " WHERE " in sql else None
+        table.indexes[iname] = Index(iname, cols, bool(unique), where)
+    for row in db.execute_sql(f"PRAGMA foreign_key_list({q})"):
+        _id, _seq, ref_table, col, ref_col, _on_update, on_delete, _match = row
+        table.foreign_keys[col] = ForeignKey(col, ref_table, ref_col or "id", on_delete.upper())
+    (create_sql,) = db.execute_sql(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone()
+    for match in _CHECK_RE.finditer(create_sql):
+        table.checks[match.group(1)] = _balanced(create_sql, match.end()).strip()
+    return table
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------
+
+_PG_ON_DELETE = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL",
+                 "d": "SET DEFAULT"}
+
+_PG_COLUMNS = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull,
+       pg_get_expr(d.adbin, d.adrelid)
+FROM pg_attribute a
+JOIN pg_class t ON t.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE n.nspname = current_schema() AND t.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+_PG_INDEXES = """
+SELECT c.relname, ix.indisunique, ix.indisprimary, pg_get_expr(ix.indpred, ix.indrelid),
+       array(SELECT a.attname FROM unnest(ix.indkey) WITH ORDINALITY k(attnum, ord)
+             JOIN pg_attribute a ON a.attrelid = ix.indrelid AND a.attnum = k.attnum
+             ORDER BY k.ord)
+FROM pg_index ix
+JOIN pg_class c ON c.oid = ix.indexrelid
+JOIN pg_class t ON t.oid = ix.indrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE n.nspname = current_schema() AND t.relname = %s
+"""
+
+_PG_CONSTRAINTS = """
+SELECT con.conname, con.contype, pg_get_constraintdef(con.oid), con.confdeltype,
+       ref.relname,
+       array(SELECT a.attname FROM unnest(con.conkey) k(attnum)
+             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum),
+       array(SELECT a.attname FROM unnest(con.confkey) k(attnum)
+             JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.attnum)
+FROM pg_constraint con
+JOIN pg_class t ON t.oid = con.conrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+LEFT JOIN pg_class ref ON ref.oid = con.confrelid
+WHERE n.nspname = current_schema() AND t.relname = %s AND con.contype IN ('c', 'f', 'p')
+"""
+
+
+def _describe_postgres(db, name: str) -> Table:
+    table = Table(name)
+    for col, ctype, nullable, default in db.execute_sql(_PG_COLUMNS, (name,)):
+        table.columns[col] = Column(col, ctype, nullable, default)
+    for iname, unique, primary, where, cols in db.execute_sql(_PG_INDEXES, (name,)):
+        if not primary:
+            table.indexes[iname] = Index(iname, tuple(cols), unique, where)
+    for cname, kind, definition, deltype, ref, cols, ref_cols in db.execute_sql(
+        _PG_CONSTRAINTS, (name,)
+    ):
+        if kind == "c":
+            table.checks[cname] = definition
+        elif kind == "p":
+            table.primary_key = tuple(cols)
+        else:
+            table.foreign_keys[cols[0]] = ForeignKey(cols[0], ref, ref_cols[0],
+                                                     _PG_ON_DELETE[deltype])
+    return table
+
+
+def compare(expected: dict[str, Table], actual: dict[str, Table],
+            expected_label: str = "models", actual_label: str = "migrations") -> list[str]:
+    """List every difference between two described schemas, as readable lines."""
+    out = []
+    for name in sorted(set(expected) | set(actual)):
+        if name not in actual:
+            out.append(f"table {name}: in {expected_label}, missing from {actual_label}")
+            continue
+        if name not in expected:
+            out.append(f"table {name}: in {actual_label}, missing from {expected_label}")
+            continue
+        exp, act = expected[name], actual[name]
+        if exp.primary_key != act.primary_key:
+            out.append(f"table {name}: primary key {exp.primary_key} in {expected_label}, "
+                       f"{act.primary_key} in {actual_label}")
+        for kind in ("columns", "indexes", "foreign_keys", "checks"):
+            e, a = getattr(exp, kind), getattr(act, kind)
+            label = kind.rstrip("s").replace("_", " ").replace("indexe", "index")
+            for key in sorted(set(e) | set(a)):
+                if key not in a:
+                    out.append(f"{name}: {label} {key} in {expected_label}, "
+                               f"missing from {actual_label}")
+                elif key not in e:
+                    out.append(f"{name}: {label} {key} in {actual_label}, "
+                               f"missing from {expected_label}")
+                elif e[key] != a[key]:
+                    out.append(f"{name}: {label} {key} differs: {expected_label} {e[key]} "
+                               f"vs {actual_label} {a[key]}")
+    return out

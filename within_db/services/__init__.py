@@ -1,0 +1,1 @@
+"""Domain services: module-level functions that take and return models."""

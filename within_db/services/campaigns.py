@@ -1,0 +1,36 @@
+"""Campaign reads and writes: the user-campaigns view of the original design, N+1 free."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from within_db.models.campaigns import Ad, Campaign
+from within_db.models.users import User
+
+
+def get_user_campaigns(user_id: uuid.UUID | str) -> list[dict[str, Any]] | None:
+    """Return ``[{"campaign": {...}, "ads": [{...}]}]`` for a user, newest campaign first.
+
+    None if the user does not exist. Three queries however many campaigns and ads: the
+    user, the campaigns, and every ad of those campaigns in one join.
+    """
+    if not User.select(User.id).where(User.id == user_id).exists():
+        return None
+    campaigns = list(
+        Campaign.select()
+        .where(Campaign.owner == user_id)
+        .order_by(Campaign.created_at.desc(), Campaign.id)
+    )
+    if not campaigns:
+        return []
+    ads_by_campaign: dict[Any, list[dict[str, Any]]] = {c.id: [] for c in campaigns}
+    ads = (
+        Ad.select(Ad)
+        .join(Campaign, on=(Ad.campaign == Campaign.id))
+        .where(Campaign.owner == user_id)
+        .order_by(Ad.created_at, Ad.id)
+    )
+    for ad in ads:
+        ads_by_campaign[ad.__data__["campaign"]].append(ad.to_dict())
+    return [{"campaign": c.to_dict(), "ads": ads_by_campaign[c.id]} for c in campaigns]
