@@ -215,6 +215,20 @@ def get_db() -> Iterator[peewee.Database]:
             db.close()
 
 
+def write_transaction(db: peewee.Database | None = None):
+    """Return a transaction that holds the write lock from its first statement.
+
+    On SQLite a top-level transaction starts IMMEDIATE, so a read-then-write sequence never
+    fails on lock upgrade; nested calls (and PostgreSQL) get a plain ``atomic()``.
+    """
+    db = db if db is not None else database.obj
+    if db is None:
+        database.__getattr__("atomic")
+    if backend(db) == "sqlite" and not db.in_transaction():
+        return db.atomic("IMMEDIATE")
+    return db.atomic()
+
+
 def backend(db: peewee.Database | None = None) -> str:
     """Return ``"sqlite"`` or ``"postgres"`` for ``db`` (default: the bound database)."""
     db = db if db is not None else database.obj

@@ -173,6 +173,29 @@ def downgrade_plan(db: peewee.Database | None = None, target: str | None = None,
     return list(reversed(applied[applied.index(target):]))
 
 
+def rows_at_risk(db: peewee.Database | None, plan: list[str], directory=None) -> dict[str, int]:
+    """Return {table: rows} for tables holding rows that reverting ``plan`` would drop.
+
+    The dropped tables are found by building the schema in scratch space before and after
+    the reverted migrations, so it holds for any script.
+    """
+    db = _db(db)
+    names = [m.name for m in status(db, directory) if m.path is not None or m.applied]
+    first = names.index(plan[-1])
+    with scratch_database(db) as scratch:
+        runner = Runner(scratch, directory)
+        if first:
+            runner.up(names[first - 1])
+        before = set(introspect.table_names(scratch))
+        runner.up(plan[0])
+        dropped = set(introspect.table_names(scratch)) - before - {HISTORY_TABLE}
+    with db.connection_context():
+        live = set(introspect.table_names(db))
+        counts = {t: db.execute_sql(f'SELECT count(*) FROM "{t}"').fetchone()[0]  # noqa: S608
+                  for t in sorted(dropped & live)}
+    return {t: n for t, n in counts.items() if n}
+
+
 def require_migrated(db: peewee.Database | None = None) -> None:
     """Raise NotMigratedError unless every shipped migration is applied."""
     db = _db(db)

@@ -1,0 +1,282 @@
+"""Bulk writes and streaming reads for batch ML jobs; the contract here is throughput.
+
+``bulk_insert`` renders one INSERT and feeds sqlite3's ``executemany`` on SQLite, and streams
+``COPY ... FROM STDIN`` on PostgreSQL, all in one transaction. ``stream`` iterates a query in
+constant memory: a server-side cursor inside a transaction on PostgreSQL (no WITH HOLD, so
+rows flow as they are produced), the lazy cursor on SQLite.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import peewee
+import psycopg2
+
+from within_db.db import backend, database
+from within_db.errors import BulkInsertError, ValidationError
+from within_db.fields import MoneyField, UTCDateTimeField, format_utc, to_micros
+from within_db.integrity import violation
+
+DEFAULT_BATCH = 10_000
+DEFAULT_CHUNK = 2_000
+_PASSTHROUGH = (peewee.IntegerField, peewee.FloatField, peewee.CharField, peewee.TextField,
+                peewee.BooleanField)
+
+
+def _insert_fields(model) -> list[peewee.Field]:
+    return [f for f in model._meta.sorted_fields if not isinstance(f, peewee.AutoField)]
+
+
+def _storage_field(field: peewee.Field) -> peewee.Field:
+    return field.rel_field if isinstance(field, peewee.ForeignKeyField) else field
+
+
+def _converter(field: peewee.Field) -> Callable[[Any], Any] | None:
+    """Return the to-storage conversion of a field, or None where values pass as they are."""
+    target = _storage_field(field)
+    if isinstance(target, peewee.JSONField):
+        return json.dumps
+    if isinstance(target, UTCDateTimeField):
+        return format_utc
+    if isinstance(target, MoneyField):
+        return to_micros
+    if isinstance(target, peewee.DateField) and type(target).__module__ == "peewee":
+        return _date_text
+    if isinstance(target, _PASSTHROUGH) and type(target).__module__ == "peewee":
+        return None  # the driver binds these natively; the database checks the type
+    return target.db_value
+
+
+def _date_text(value):
+    return value.isoformat() if isinstance(value, dt.date) else str(value)
+
+
+_MISSING = object()
+
+
+def _rows(fields: list[peewee.Field], rows: Iterable, tuple_fields) -> Iterator[tuple]:
+    """Yield storage-ready tuples; raise BulkInsertError naming the row position."""
+    plan = []
+    for f in fields:
+        alias = f.column_name if f.column_name != f.name else None
+        required = not f.null and f.default is None
+        plan.append((f.name, alias, _converter(f), f.default, callable(f.default), required))
+    for position, row in enumerate(rows):
+        try:
+            if isinstance(row, dict):
+                given = row
+            else:
+                if len(row) != len(tuple_fields):
+                    raise ValidationError(f"expected {len(tuple_fields)} values, got {len(row)}")
+                given = dict(zip(tuple_fields, row, strict=True))
+            values = []
+            for name, alias, convert, default, is_callable, required in plan:
+                value = given.get(name, _MISSING)
+                if value is _MISSING and alias is not None:
+                    value = given.get(alias, _MISSING)
+                if value is _MISSING:
+                    if required:
+                        raise ValidationError(f"missing required field {name!r}")
+                    value = default() if is_callable else default
+                if convert is not None and value is not None:
+                    value = convert(value)
+                values.append(value)
+            yield tuple(values)
+        except (ValidationError, ValueError, TypeError) as exc:
+            raise BulkInsertError(f"row {position}: {exc}; nothing was written",
+                                  position=position) from None
+
+
+def bulk_insert(model, rows: Iterable[dict | tuple], batch_size: int | None = None,
+                fields: list[str] | None = None) -> int:
+    """Insert ``rows`` (dicts keyed by field name, or tuples in ``fields`` order) atomically.
+
+    ``batch_size`` is the number of rows serialised per COPY buffer on PostgreSQL (SQLite
+    streams every row through one ``executemany``). Values go through the same conversions
+    as a model save; defaults apply to missing fields. All rows are written in one
+    transaction, or none: a constraint violation raises BulkInsertError naming the 0-based
+    row position and the constraint. Returns the count.
+    """
+    db = database.obj
+    all_fields = _insert_fields(model)
+    tuple_fields = fields or [f.name for f in all_fields]
+    unknown = set(tuple_fields) - {f.name for f in all_fields}
+    if unknown:
+        raise ValidationError(f"unknown fields for {model.__name__}: {', '.join(sorted(unknown))}")
+    batch_size = batch_size or DEFAULT_BATCH
+    stream = _rows(all_fields, rows, tuple_fields)
+    if backend(db) == "postgres":
+        return _copy(db, model, all_fields, stream, batch_size)
+    return _executemany(db, model, all_fields, stream)
+
+
+def _chunks(iterator: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
+    while True:
+        chunk = []
+        for row in iterator:
+            chunk.append(row)
+            if len(chunk) >= size:
+                break
+        if not chunk:
+            return
+        yield chunk
+
+
+def _executemany(db, model, fields, stream) -> int:
+    table = model._meta.table_name.replace('"', '""')
+    columns = ", ".join('"' + f.column_name.replace('"', '""') + '"' for f in fields)
+    sql = f'INSERT INTO "{table}" ({columns}) VALUES ({", ".join("?" * len(fields))})'  # noqa: S608
+    last = [-1]
+
+    def counted():
+        # sqlite3 binds and steps one row per item drawn, so the last index drawn is the
+        # row that failed.
+        for last[0], row in enumerate(stream):
+            yield row
+
+    with db.atomic():
+        cursor = db.connection().cursor()
+        try:
+            cursor.executemany(sql, counted())
+        except peewee.sqlite3.IntegrityError as exc:
+            raise _failed(db, peewee.IntegrityError(*exc.args), last[0]) from None
+        finally:
+            cursor.close()
+    return last[0] + 1
+
+
+def _failed(db, exc: peewee.IntegrityError, position: int) -> BulkInsertError:
+    found = violation(exc, db)
+    name = (found.name or found.kind) if found else "a constraint"
+    return BulkInsertError(f"row {position} violates {name}; nothing was written",
+                           position=position, constraint=name)
+
+
+# -- PostgreSQL COPY -------------------------------------------------------------------------
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    if value is True:
+        return "t"
+    if value is False:
+        return "f"
+    if isinstance(value, str):
+        return value.translate(_ESCAPES)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (int, Decimal)):
+        return str(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    return str(value).translate(_ESCAPES)
+
+
+class _CopySource:
+    """A file-like object producing COPY text from row tuples, one chunk at a time."""
+
+    def __init__(self, chunks: Iterator[list[tuple]]):
+        self.chunks = chunks
+        self.buffer = ""
+        self.rows = 0
+
+    def read(self, size: int = -1) -> str:
+        while size < 0 or len(self.buffer) < size:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                break
+            self.rows += len(chunk)
+            self.buffer += "".join(
+                "\t".join([_copy_text(v) for v in row]) + "\n" for row in chunk)
+        if size < 0:
+            out, self.buffer = self.buffer, ""
+        else:
+            out, self.buffer = self.buffer[:size], self.buffer[size:]
+        return out
+
+    readline = read
+
+
+_COPY_LINE = re.compile(r"COPY \S+, line (\d+)")
+
+
+def _copy(db, model, fields, stream, batch_size) -> int:
+    columns = ", ".join('"' + f.column_name.replace('"', '""') + '"' for f in fields)
+    table = model._meta.table_name.replace('"', '""')
+    sql = f'COPY "{table}" ({columns}) FROM STDIN'
+    source = _CopySource(_chunks(stream, batch_size))
+    try:
+        with db.atomic():
+            with db.connection().cursor() as cursor:
+                cursor.copy_expert(sql, source, size=1 << 16)
+    except psycopg2.IntegrityError as exc:
+        context = getattr(exc.diag, "context", None) or ""
+        match = _COPY_LINE.search(context)
+        position = int(match.group(1)) - 1 if match else -1
+        raise _failed(db, peewee.IntegrityError(exc), position) from None
+    except psycopg2.DataError as exc:
+        context = getattr(exc.diag, "context", None) or ""
+        match = _COPY_LINE.search(context)
+        position = int(match.group(1)) - 1 if match else -1
+        raise BulkInsertError(f"row {position} has a value of the wrong type or size for its "
+                              "column; nothing was written", position=position) from None
+    return source.rows
+
+
+# -- streaming reads ------------------------------------------------------------------------
+
+
+def stream(query: peewee.SelectBase, chunk_size: int = DEFAULT_CHUNK) -> Iterator[Any]:
+    """Yield the rows of ``query`` (dicts, tuples or models, as the query says) lazily.
+
+    Memory stays flat: PostgreSQL reads through a server-side cursor declared inside a
+    transaction (opened here if the caller has none; psycopg2's named cursors would need
+    WITH HOLD, which builds the whole result first), SQLite through its lazy cursor.
+    """
+    db = database.obj
+    sql, params = query.sql()
+    if backend(db) != "postgres":
+        cursor = db.execute_sql(sql, params)
+        yield from _convert(query, cursor, cursor.fetchmany, chunk_size)
+        return
+    name = f"within_stream_{uuid.uuid4().hex}"
+    with db.atomic():
+        cursor = db.connection().cursor()
+        cursor.execute(f'DECLARE "{name}" NO SCROLL CURSOR FOR {sql}', params)
+
+        def fetch(n):
+            cursor.execute(f'FETCH FORWARD {int(n)} FROM "{name}"')
+            return cursor.fetchall()
+
+        try:
+            yield from _convert(query, cursor, fetch, chunk_size)
+        finally:
+            if not cursor.closed and db.connection().get_transaction_status() == \
+                    psycopg2.extensions.TRANSACTION_STATUS_INTRANS:
+                cursor.execute(f'CLOSE "{name}"')
+            cursor.close()
+
+
+def _convert(query, cursor, fetchmany, chunk_size) -> Iterator[Any]:
+    chunk = fetchmany(chunk_size)
+    if not chunk:
+        return
+    wrapper = query._get_cursor_wrapper(cursor)
+    wrapper.initialize()
+    process = wrapper.process_row
+    while chunk:
+        for row in chunk:
+            yield process(row)
+        chunk = fetchmany(chunk_size)

@@ -1,0 +1,116 @@
+"""The ``within-db`` command: root group, global options and the one error boundary.
+
+Usage and configuration errors exit 2, runtime failures exit 1, each as one ``Error:`` line on
+stderr; ``--debug`` shows the traceback. Commands live in one module per group.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+
+import click
+import peewee
+
+import within_db
+from within_db.errors import WithinDBError
+from within_db.integrity import violation
+
+
+@dataclass
+class Settings:
+    """What the root group parsed; commands ask it for the database."""
+
+    url: str | None
+    debug: bool
+    _db: peewee.Database | None = field(default=None, repr=False)
+
+    def database(self) -> peewee.Database:
+        if self._db is None:
+            self._db = within_db.connect(self.url)
+        return self._db
+
+
+class Boundary(click.Group):
+    """A click group whose ``main`` turns every failure into one line and an exit code."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        args = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in args
+        extra.pop("standalone_mode", None)
+        try:
+            code = super().main(args=args, prog_name=prog_name or "within-db",
+                                standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            click.echo("Error: aborted", err=True)
+            code = 1
+        except click.ClickException as exc:
+            exc.show()
+            code = exc.exit_code
+        except WithinDBError as exc:
+            if debug:
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            code = exc.exit_code
+        except peewee.PeeweeException as exc:
+            if debug:
+                raise
+            click.echo(f"Error: {_database_error(exc)}", err=True)
+            code = 1
+        except KeyboardInterrupt:
+            click.echo("Error: interrupted; the current transaction was rolled back", err=True)
+            code = 130
+        except Exception as exc:  # the CLI boundary: never a traceback without --debug
+            if debug:
+                raise
+            click.echo(f"Error: unexpected {type(exc).__name__}; rerun with --debug", err=True)
+            code = 1
+        sys.exit(code or 0)
+
+
+def _database_error(exc: peewee.PeeweeException) -> str:
+    # Driver text can quote row values; report the class and constraint name only.
+    if isinstance(exc, peewee.IntegrityError):
+        db = within_db.database.obj
+        found = violation(exc, db) if db is not None else None
+        name = f" {found.name}" if found and found.name else ""
+        return f"the database refused the write ({found.kind if found else 'integrity'}{name})"
+    return f"database error ({type(exc).__name__}); rerun with --debug for details"
+
+
+@click.group(cls=Boundary, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--database-url", envvar="DATABASE_URL", metavar="URL",
+              help="Database to use [env DATABASE_URL; default sqlite:///within.db].")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+@click.version_option(within_db.__version__, "--version", prog_name="within-db")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, debug: bool) -> None:
+    """The within_db data layer: migrate, seed and inspect a database.
+
+    \b
+    Examples:
+      within-db seed --scale small
+      within-db inspect
+      within-db --database-url postgresql://root@127.0.0.1:5432/test migrate status
+    """
+    if debug:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+    ctx.obj = Settings(database_url, debug)
+    ctx.call_on_close(lambda: ctx.obj._db is not None and ctx.obj._db.close())
+
+
+def _register() -> None:
+    from within_db.cli import inspect, migrate, seed
+
+    cli.add_command(migrate.migrate)
+    cli.add_command(inspect.inspect)
+    cli.add_command(seed.seed)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli.main()

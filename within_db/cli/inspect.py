@@ -1,0 +1,158 @@
+"""``within-db inspect``: tables and counts, the live schema, rows, a user's view, the ERD."""
+
+from __future__ import annotations
+
+import click
+
+from within_db import introspect
+from within_db import migrate as migrations
+from within_db.cli.output import format_option, note, render, resolve
+from within_db.erd import mermaid, schema_markdown
+from within_db.models import ALL_MODELS
+from within_db.services import browse
+from within_db.services.campaigns import get_user_campaigns
+from within_db.services.users import find_user, role_names
+
+
+def _migrated_db(settings):
+    db = settings.database()
+    migrations.require_migrated(db)
+    return db
+
+
+@click.group(invoke_without_command=True)
+@format_option
+@click.pass_context
+def inspect(ctx, fmt) -> None:
+    """Show what is inside a database (alone: every table with its row count).
+
+    \b
+    Examples:
+      within-db inspect
+      within-db inspect rows campaigns --where platform=meta --order -created_at --limit 5
+      within-db inspect user jane@example.com --format json | jq '.campaigns | length'
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(tables, fmt=fmt)
+
+
+@inspect.command()
+@format_option
+@click.pass_obj
+def tables(settings, fmt) -> None:
+    """Every table with its row count, and the applied migration head.
+
+    \b
+    Example:
+      within-db inspect tables --format csv
+    """
+    db = _migrated_db(settings)
+    rows = browse.table_counts(db)
+    head = migrations.head(db)
+    render(rows, fmt, document={"migration_head": head, "tables": rows})
+    if resolve(fmt) != "json":
+        note(f"migration head: {head}")
+
+
+@inspect.command()
+@click.argument("table", required=False)
+@format_option
+@click.pass_obj
+def schema(settings, table, fmt) -> None:
+    """Columns, indexes, foreign keys and CHECKs of TABLE (or every table), read live.
+
+    \b
+    Example:
+      within-db inspect schema campaigns
+    """
+    db = _migrated_db(settings)
+    with db.connection_context():
+        names = [introspect.require_table(db, table)] if table else None
+        described = introspect.describe(db, names)
+    documents = [t.to_dict() for t in described.values()]
+    if resolve(fmt) != "table":
+        rows = [dict(table=d["table"], kind="column", name=c["name"], detail=c["type"],
+                     nullable=c["nullable"], default=c["default"])
+                for d in documents for c in d["columns"]]
+        render(rows, fmt, document=documents)
+        return
+    for doc in documents:
+        click.echo(f"\n{doc['table']} (primary key: {', '.join(doc['primary_key'])})")
+        render(doc["columns"], "table")
+        sections = [
+            ("indexes", [dict(name=i["name"], columns=", ".join(i["columns"]),
+                              unique=i["unique"], where=i["where"]) for i in doc["indexes"]]),
+            ("foreign keys", doc["foreign_keys"]),
+            ("checks", doc["checks"]),
+        ]
+        for title, rows in sections:
+            if rows:
+                click.echo(f"  {title}:")
+                render(rows, "table")
+
+
+@inspect.command()
+@click.argument("table")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(0, 100_000))
+@click.option("--where", "where", multiple=True, metavar="COLUMN=VALUE",
+              help="Equality filter; repeat to AND several. Values are bound, never SQL.")
+@click.option("--order", metavar="[-]COLUMN", help="Sort column; prefix with - for descending.")
+@format_option
+@click.pass_obj
+def rows(settings, table, limit, where, order, fmt) -> None:
+    """Rows of TABLE, filtered and sorted; secret columns (hashes) are never shown.
+
+    \b
+    Example:
+      within-db inspect rows users --where is_active=true --order -created_at --limit 5
+    """
+    db = _migrated_db(settings)
+    filters = []
+    for item in where:
+        column, sep, value = item.partition("=")
+        if not sep or not column:
+            raise click.BadParameter(f"expected COLUMN=VALUE, got {item!r}", param_hint="--where")
+        filters.append((column.strip(), value))
+    result = browse.rows(db, table, filters=filters, order=order, limit=limit)
+    render(result, fmt)
+
+
+@inspect.command()
+@click.argument("email_or_id")
+@format_option
+@click.pass_obj
+def user(settings, email_or_id, fmt) -> None:
+    """A user with their roles, and their campaigns newest first, each with its ads.
+
+    \b
+    Example:
+      within-db inspect user jane@example.com
+    """
+    _migrated_db(settings)
+    found = find_user(email_or_id)
+    campaigns = get_user_campaigns(found.id)
+    document = {"user": found.to_dict(), "roles": role_names(found), "campaigns": campaigns}
+    if resolve(fmt) == "json":
+        render([], "json", document=document)
+        return
+    summary = [dict(campaign=c["campaign"]["name"], platform=c["campaign"]["platform"],
+                    status=c["campaign"]["status"], created_at=c["campaign"]["created_at"],
+                    ads=len(c["ads"]), id=c["campaign"]["id"]) for c in campaigns]
+    if resolve(fmt) == "csv":
+        render(summary, "csv")
+        return
+    click.echo(f"{found.full_name} <{found.email}>  id={found.id}  "
+               f"active={found.is_active}  roles={', '.join(document['roles']) or '-'}")
+    render(summary, "table")
+
+
+@inspect.command()
+@click.option("--markdown", is_flag=True, help="Print docs/schema.md (header and diagram).")
+def erd(markdown) -> None:
+    """The Mermaid ER diagram of the schema, generated from the models.
+
+    \b
+    Example:
+      within-db inspect erd --markdown > docs/schema.md
+    """
+    click.echo(schema_markdown(ALL_MODELS) if markdown else mermaid(ALL_MODELS), nl=False)

@@ -1,0 +1,145 @@
+"""``within-db migrate``: status, up, down, create, generate and the drift check."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from within_db import migrate as api
+from within_db.cli.output import format_option, note, render
+from within_db.errors import MigrationError
+
+
+@click.group()
+def migrate() -> None:
+    """Apply, revert and check schema migrations.
+
+    \b
+    Examples:
+      within-db migrate up
+      within-db migrate status || echo "pending migrations"
+    """
+
+
+@migrate.command()
+@format_option
+@click.pass_obj
+def status(settings, fmt) -> None:
+    """List migrations and whether each is applied; exit 1 while any is pending.
+
+    \b
+    Example:
+      within-db migrate status --format json
+    """
+    states = api.status(settings.database())
+    rows = [{"name": s.name,
+             "status": "applied" if s.applied else "pending",
+             "file": "missing" if s.file_missing else "ok"} for s in states]
+    render(rows, fmt)
+    pending = [s.name for s in states if not s.applied]
+    missing = [s.name for s in states if s.file_missing]
+    if missing:
+        note(f"{len(missing)} applied migration(s) have no file: {', '.join(missing)}")
+    if pending:
+        note(f"{len(pending)} pending; run `within-db migrate up`")
+        sys.exit(1)
+
+
+@migrate.command()
+@click.option("--target", metavar="NAME", help="Stop after applying this migration.")
+@click.option("--fake", is_flag=True, help="Record as applied without running the scripts.")
+@click.pass_obj
+def up(settings, target, fake) -> None:
+    """Apply pending migrations, each in its own transaction.
+
+    \b
+    Example:
+      within-db migrate up --target 0001_initial
+    """
+    applied = api.upgrade(settings.database(), target=target, fake=fake)
+    for name in applied:
+        click.echo(f"applied {name}{' (fake)' if fake else ''}")
+    if not applied:
+        note("nothing to apply; the database is up to date")
+
+
+@migrate.command()
+@click.option("--target", metavar="NAME",
+              help="Revert every applied migration back through this one.")
+@click.option("--yes", is_flag=True, help="Do not ask before dropping tables that hold rows.")
+@click.pass_obj
+def down(settings, target, yes) -> None:
+    """Revert the last migration (or back through --target).
+
+    Asks before dropping tables that hold rows; without a terminal, refuses unless --yes.
+
+    \b
+    Example:
+      within-db migrate down --target 0001_initial --yes
+    """
+    db = settings.database()
+    plan = api.downgrade_plan(db, target)
+    if not plan:
+        note("nothing to revert")
+        return
+    at_risk = api.rows_at_risk(db, plan)
+    if at_risk and not yes:
+        summary = ", ".join(f"{t} ({n:,})" for t, n in sorted(at_risk.items()))
+        lost = sum(at_risk.values())
+        message = f"reverting {', '.join(plan)} drops {lost:,} rows in {summary}"
+        if not sys.stdin.isatty():
+            raise MigrationError(f"{message}; rerun with --yes to confirm")
+        click.confirm(f"{message}. Continue?", abort=True, err=True)
+    for name in api.downgrade(db, target):
+        click.echo(f"reverted {name}")
+
+
+@migrate.command()
+@click.argument("name")
+def create(name) -> None:
+    """Write an empty numbered migration script to fill in by hand.
+
+    \b
+    Example:
+      within-db migrate create add_campaign_priority
+    """
+    click.echo(api.create(name))
+
+
+@migrate.command()
+@click.argument("name")
+@click.pass_obj
+def generate(settings, name) -> None:
+    """Write a migration from the difference between the models and the database.
+
+    Review it: changes to CHECKs, types, nullability and defaults of existing tables are not
+    generated; run `within-db migrate check` afterwards.
+
+    \b
+    Example:
+      within-db migrate generate add_campaign_priority
+    """
+    click.echo(api.generate(name, settings.database()))
+
+
+@migrate.command()
+@click.pass_obj
+def check(settings) -> None:
+    """Exit 1 if the migrations and the models build different schemas, listing each difference.
+
+    Builds both in scratch space of the same backend (SQLite in memory, or temporary
+    PostgreSQL schemas) and compares tables, columns, indexes, foreign keys and CHECKs.
+
+    \b
+    Example:
+      within-db --database-url postgresql://root@127.0.0.1:5432/test migrate check
+    """
+    differences = api.check(settings.database())
+    for line in differences:
+        click.echo(line)
+    if differences:
+        note(f"{len(differences)} difference(s): add a migration "
+             "(`within-db migrate generate NAME`) and review it")
+        sys.exit(1)
+    note("models and migrations agree")

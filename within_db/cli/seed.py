@@ -1,0 +1,89 @@
+"""``within-db seed``: migrate, then fill the database with deterministic synthetic data."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import click
+
+from within_db.cli.output import note, render
+from within_db.seed import DEFAULT_SEED, SCALES, Scale, run_seed
+
+COUNT_NAMES = [f.name for f in dataclasses.fields(Scale)]
+
+
+class _Progress:
+    """One click progress bar per phase on a terminal; silent otherwise."""
+
+    def __init__(self, scale: Scale, enabled: bool):
+        self.enabled = enabled
+        self.totals = {"users": scale.users, "campaigns": scale.users, "models": scale.models,
+                       "predictions": scale.predictions, "analytics": scale.users}
+        self.bars = {}
+
+    def __call__(self, phase: str, n: int) -> None:
+        if not self.enabled:
+            return
+        if phase not in self.bars:
+            for bar in self.bars.values():
+                bar.render_finish()
+            bar = click.progressbar(length=self.totals.get(phase, 0) or None,
+                                    label=f"{phase:<12}", file=sys.stderr)
+            bar.__enter__()
+            self.bars[phase] = bar
+        self.bars[phase].update(n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.__exit__(None, None, None)
+
+
+def _parse_counts(values) -> dict[str, int]:
+    counts = {}
+    for item in values:
+        name, sep, number = item.partition("=")
+        if not sep or name not in COUNT_NAMES or not number.isdigit():
+            raise click.BadParameter(
+                f"expected NAME=N with NAME one of {', '.join(COUNT_NAMES)}, got {item!r}",
+                param_hint="--count")
+        counts[name] = int(number)
+    return counts
+
+
+@click.command()
+@click.option("--scale", type=click.Choice(list(SCALES)), default="small", show_default=True,
+              help="Row counts: see README for each scale.")
+@click.option("--count", "counts", multiple=True, metavar="NAME=N",
+              help=f"Override one count of the scale ({', '.join(COUNT_NAMES)}).")
+@click.option("--seed", "seed", type=int, default=DEFAULT_SEED, show_default=True,
+              help="Random seed: the same seed and scale give identical data.")
+@click.option("--reset", is_flag=True, help="Drop and rebuild the schema first (loses data).")
+@click.option("--append", is_flag=True, help="Add to a database that already holds data.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None,
+              help="Format of the summary [default: table on a terminal, json otherwise].")
+@click.pass_obj
+def seed(settings, scale, counts, seed, reset, append, fmt) -> None:
+    """Apply pending migrations, then fill every table with realistic synthetic data.
+
+    Refuses a database that already holds data unless --reset or --append is given.
+
+    \b
+    Examples:
+      within-db seed
+      within-db seed --scale tiny --seed 7 --reset
+      within-db seed --scale medium --count predictions=50000
+    """
+    overrides = _parse_counts(counts)
+    chosen = dataclasses.replace(SCALES[scale], **overrides)
+    progress = _Progress(chosen, sys.stderr.isatty())
+    try:
+        summary = run_seed(settings.database(), scale, seed, reset=reset, append=append,
+                           overrides=overrides, progress=progress)
+    finally:
+        progress.close()
+    rows = [{"table": t, "rows": n, "added": summary["added"].get(t, 0)}
+            for t, n in summary["tables"].items()]
+    render(rows, fmt, document={"seconds": summary["seconds"], "tables": rows})
+    note(f"seeded {sum(summary['added'].values()):,} rows in {summary['seconds']}s "
+         f"(scale {scale}, seed {seed})")

@@ -1,0 +1,90 @@
+"""Generic, safe reads of any table: row counts and filtered rows for ``within-db inspect``.
+
+Table and column names are checked against the live schema; values are always bound
+parameters, converted to the column's type first. Secret columns are never returned.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import peewee
+
+from within_db import introspect
+from within_db.errors import ValidationError
+from within_db.models import ALL_MODELS
+
+MODELS = {m._meta.table_name: m for m in ALL_MODELS}
+_TRUE, _FALSE = {"true", "t", "1", "yes"}, {"false", "f", "0", "no"}
+
+
+def table_counts(db: peewee.Database) -> list[dict[str, Any]]:
+    """Return ``[{"table", "rows"}]`` for every table, one COUNT query each."""
+    with db.connection_context():
+        names = introspect.table_names(db)
+        return [{"table": t, "rows": peewee.Table(t).bind(db).select().count()} for t in names]
+
+
+def _coerce(field: peewee.Field | None, column: str, value: str):
+    if field is None:
+        return value
+    try:
+        if isinstance(field, peewee.BooleanField):
+            lowered = value.strip().lower()
+            if lowered not in _TRUE | _FALSE:
+                raise ValueError
+            return lowered in _TRUE
+        if isinstance(field, (peewee.IntegerField, peewee.AutoField)) and not isinstance(
+                field, peewee.ForeignKeyField):
+            return int(value)
+        if isinstance(field, peewee.ForeignKeyField):
+            return _coerce(field.rel_field, column, value)
+        if isinstance(field, peewee.UUIDField):
+            return uuid.UUID(value)
+        if isinstance(field, peewee.FloatField):
+            return float(value)
+        if isinstance(field, peewee.DateField):
+            return dt.date.fromisoformat(value)
+        if field.field_type == "TIMESTAMPTZ":
+            parsed = dt.datetime.fromisoformat(value)
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+        if isinstance(field, peewee.JSONField):
+            raise ValidationError(f'column "{column}" holds JSON and cannot be filtered here')
+    except ValueError:
+        kind = type(field).__name__.replace("Field", "").lower() or "value"
+        raise ValidationError(f'--where {column}: "{value}" is not a valid {kind}') from None
+    return value
+
+
+def rows(db: peewee.Database, table: str, filters: list[tuple[str, str]] = (),
+         order: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    """Return up to ``limit`` rows of ``table`` matching every ``column = value`` filter.
+
+    Raises ValidationError naming the valid tables or columns for an unknown name.
+    """
+    with db.connection_context():
+        introspect.require_table(db, table)
+        live = introspect.describe(db, [table])[table]
+        model = MODELS.get(table)
+        private = set(getattr(model._meta, "private_fields", ())) if model else set()
+        fields = {f.column_name: f for f in model._meta.sorted_fields} if model else {}
+        shown = [c for c in live.columns if (fields.get(c) and fields[c].name) not in private]
+        source = peewee.Table(table, list(live.columns)).bind(db)
+        query = source.select(*[source.c[c] for c in shown])
+        for column, value in filters:
+            introspect.require_column(live, column)
+            field = fields.get(column)
+            converted = _coerce(field, column, value)
+            bound = field.db_value(converted) if field is not None else converted
+            query = query.where(source.c[column] == bound)
+        if order:
+            column = introspect.require_column(live, order.lstrip("-"))
+            query = query.order_by(source.c[column].desc() if order.startswith("-")
+                                   else source.c[column].asc())
+        results = []
+        for row in query.limit(limit).dicts():
+            results.append({c: fields[c].python_value(v) if c in fields else v
+                            for c, v in row.items()})
+        return results

@@ -1,0 +1,265 @@
+"""The model registry, version stages, training-job lifecycle and ML data access.
+
+Version numbers are assigned under a lock on the model row (PostgreSQL) or an IMMEDIATE
+transaction (SQLite), so concurrent writers never collide. Job transitions are conditional
+UPDATEs: a lost race is reported as an illegal transition, never silently applied.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import peewee
+
+from within_db import batch
+from within_db.db import backend, database, write_transaction
+from within_db.errors import (
+    ConfigurationError,
+    ConflictError,
+    InvalidTransitionError,
+    NotFoundError,
+    ValidationError,
+)
+from within_db.fields import utcnow
+from within_db.models.campaigns import Campaign, CampaignPerformance
+from within_db.models.ml_system import (
+    SPLITS,
+    STAGES,
+    TASKS,
+    FeatureImportance,
+    MLModel,
+    ModelMetric,
+    ModelVersion,
+    PredictionLog,
+    TrainingJob,
+)
+from within_db.models.users import User
+
+# status -> statuses it may move to
+TRANSITIONS = {
+    "queued": ("running", "cancelled"),
+    "running": ("succeeded", "failed", "cancelled"),
+    "succeeded": (),
+    "failed": (),
+    "cancelled": (),
+}
+
+
+def register_model(name: str, task: str, description: str = "", owner: User | None = None,
+                   now: dt.datetime | None = None) -> MLModel:
+    """Register a model by unique name; ConflictError if the name is taken."""
+    if task not in TASKS:
+        raise ValidationError(f"task must be one of {', '.join(TASKS)}")
+    if not name or not name.strip():
+        raise ValidationError("model name is empty")
+    try:
+        with database.atomic():
+            now = now or utcnow()
+            return MLModel.create(name=name.strip(), task=task, description=description,
+                                  owner=owner, created_at=now, updated_at=now)
+    except peewee.IntegrityError:
+        raise ConflictError("a model with that name is already registered") from None
+
+
+def _lock_model(model_id: int) -> MLModel:
+    query = MLModel.select().where(MLModel.id == model_id)
+    if backend(database.obj) == "postgres":
+        query = query.for_update()
+    found = query.first()
+    if found is None:
+        raise NotFoundError("no such registered model")
+    return found
+
+
+def create_version(model: MLModel, artifact_uri: str, hyperparameters: dict | None = None,
+                   training_job: TrainingJob | None = None, framework: str = "",
+                   description: str = "", stage: str = "none") -> ModelVersion:
+    """Create the model's next version (1, 2, ...), safe under concurrent writers."""
+    if not artifact_uri:
+        raise ValidationError("artifact_uri is empty")
+    with write_transaction():
+        _lock_model(model.id)
+        last = (ModelVersion.select(peewee.fn.MAX(ModelVersion.version))
+                .where(ModelVersion.model == model.id).scalar())
+        version = ModelVersion.create(model=model.id, version=(last or 0) + 1,
+                                      artifact_uri=artifact_uri, framework=framework,
+                                      hyperparameters=hyperparameters or {},
+                                      training_job=training_job, description=description)
+        if stage != "none":
+            transition_stage(version, stage)
+    return version
+
+
+def transition_stage(version: ModelVersion, stage: str,
+                     archive_existing: bool = True) -> ModelVersion:
+    """Move a version to ``stage``; promoting to production archives the current one.
+
+    With ``archive_existing=False`` a promotion over an existing production version raises
+    ConflictError. One transaction; the partial unique index is the last line of defence.
+    """
+    if stage not in STAGES:
+        raise ValidationError(f"stage must be one of {', '.join(STAGES)}")
+    with write_transaction():
+        _lock_model(version.model_id)
+        if stage == "production":
+            current = ModelVersion.select().where(ModelVersion.model == version.model_id,
+                                                  ModelVersion.stage == "production",
+                                                  ModelVersion.id != version.id)
+            if current.exists():
+                if not archive_existing:
+                    raise ConflictError("the model already has a production version")
+                (ModelVersion.update(stage="archived")
+                 .where(ModelVersion.id.in_(current.select(ModelVersion.id))).execute())
+        ModelVersion.update(stage=stage).where(ModelVersion.id == version.id).execute()
+    version.stage = stage
+    return version
+
+
+def production_version(model_name: str) -> ModelVersion | None:
+    """Return the production version of the named model, or None. One query."""
+    return (ModelVersion.select().join(MLModel)
+            .where(MLModel.name == model_name, ModelVersion.stage == "production").first())
+
+
+# -- training jobs --------------------------------------------------------------------------
+
+
+def start_training_job(model: MLModel, parameters: dict | None = None,
+                       dataset_spec: dict | None = None) -> TrainingJob:
+    """Queue a training job for ``model``."""
+    return TrainingJob.create(model=model, parameters=parameters or {},
+                              dataset_spec=dataset_spec or {})
+
+
+def _transition(job: TrainingJob, to: str, **values) -> TrainingJob:
+    allowed_from = [s for s, targets in TRANSITIONS.items() if to in targets]
+    now = utcnow()
+    updated = (TrainingJob.update(status=to, updated_at=now, **values)
+               .where(TrainingJob.id == job.id, TrainingJob.status.in_(allowed_from))
+               .execute())
+    if not updated:
+        current = TrainingJob.select(TrainingJob.status).where(TrainingJob.id == job.id).scalar()
+        if current is None:
+            raise NotFoundError("no such training job")
+        raise InvalidTransitionError(
+            f"training job {job.id} is {current}; it cannot become {to} "
+            f"(allowed from {current}: {', '.join(TRANSITIONS[current]) or 'none, it is final'})")
+    job.status = to
+    for key, value in values.items():
+        setattr(job, key, value)
+    return job
+
+
+def mark_running(job: TrainingJob) -> TrainingJob:
+    """queued -> running; sets ``started_at``."""
+    return _transition(job, "running", started_at=utcnow())
+
+
+def mark_succeeded(job: TrainingJob, artifact_uri: str | None = None,
+                   metrics: dict[str, float] | None = None, hyperparameters: dict | None = None,
+                   framework: str = "") -> ModelVersion | None:
+    """running -> succeeded; registers the resulting version and its metrics if given."""
+    with write_transaction():
+        _transition(job, "succeeded", finished_at=utcnow())
+        if artifact_uri is None:
+            return None
+        version = create_version(job.model, artifact_uri,
+                                 hyperparameters=hyperparameters or job.parameters,
+                                 training_job=job, framework=framework)
+        if metrics:
+            log_metrics(version, metrics, split="validation")
+    return version
+
+
+def mark_failed(job: TrainingJob, error: str) -> TrainingJob:
+    """running -> failed, keeping the error text."""
+    return _transition(job, "failed", finished_at=utcnow(), error=str(error)[:10_000])
+
+
+def cancel(job: TrainingJob) -> TrainingJob:
+    """queued or running -> cancelled."""
+    return _transition(job, "cancelled", finished_at=utcnow())
+
+
+# -- metrics, importances, predictions ------------------------------------------------------
+
+
+def log_metrics(version: ModelVersion, metrics: dict[str, float], split: str = "validation",
+                step: int | None = None, recorded_at: dt.datetime | None = None) -> int:
+    """Record several metrics of a version in one round trip; return how many."""
+    if split not in SPLITS:
+        raise ValidationError(f"split must be one of {', '.join(SPLITS)}")
+    if not metrics:
+        return 0
+    when = recorded_at or utcnow()
+    rows = [{"model_version": version.id, "name": name, "value": float(value), "split": split,
+             "step": step, "recorded_at": when} for name, value in metrics.items()]
+    ModelMetric.insert_many(rows).execute()
+    return len(rows)
+
+
+def log_feature_importance(version: ModelVersion, importances: dict[str, float]) -> int:
+    """Replace the version's feature importances atomically; rank 1 is the most important."""
+    ranked = sorted(importances.items(), key=lambda kv: (-float(kv[1]), kv[0]))
+    rows = [{"model_version": version.id, "feature": feature, "importance": float(value),
+             "rank": rank} for rank, (feature, value) in enumerate(ranked, start=1)]
+    with write_transaction():
+        FeatureImportance.delete().where(FeatureImportance.model_version == version.id).execute()
+        if rows:
+            FeatureImportance.insert_many(rows).execute()
+    return len(rows)
+
+
+def log_predictions(version: ModelVersion, rows: Iterable[dict[str, Any]],
+                    batch_size: int | None = None) -> int:
+    """Bulk-write prediction logs of ``version`` (dicts without ``model_version``)."""
+    return batch.bulk_insert(PredictionLog,
+                             ({**row, "model_version": version.id} for row in rows),
+                             batch_size=batch_size)
+
+
+def training_rows(start: dt.date, end: dt.date, platforms: list[str] | None = None,
+                  objectives: list[str] | None = None,
+                  chunk_size: int = batch.DEFAULT_CHUNK) -> Iterator[dict[str, Any]]:
+    """Stream daily campaign performance joined with campaign attributes, for features.
+
+    Rows are dicts ordered by (date, campaign); memory stays flat however long the range.
+    """
+    if end < start:
+        raise ValidationError("end date is before start date")
+    query = (CampaignPerformance
+             .select(CampaignPerformance.date, CampaignPerformance.campaign.alias("campaign_id"),
+                     Campaign.platform, Campaign.objective, Campaign.currency,
+                     CampaignPerformance.impressions, CampaignPerformance.clicks,
+                     CampaignPerformance.conversions, CampaignPerformance.spend_micros,
+                     CampaignPerformance.revenue_micros)
+             .join(Campaign)
+             .where(CampaignPerformance.date.between(start, end))
+             .order_by(CampaignPerformance.date, CampaignPerformance.campaign))
+    if platforms:
+        query = query.where(Campaign.platform.in_(platforms))
+    if objectives:
+        query = query.where(Campaign.objective.in_(objectives))
+    return batch.stream(query.dicts(), chunk_size=chunk_size)
+
+
+def to_dataframe(query: peewee.SelectBase):
+    """Return a pandas DataFrame of ``query`` with typed columns (needs the ``ml`` extra)."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ConfigurationError(
+            "to_dataframe needs pandas: pip install 'within_db[ml]'") from None
+    frame = pd.DataFrame.from_records(list(batch.stream(query.dicts())))
+    for column in frame.columns:
+        sample = frame[column].dropna()
+        if sample.empty:
+            continue
+        first = sample.iloc[0]
+        if isinstance(first, dt.datetime):
+            frame[column] = pd.to_datetime(frame[column], utc=True)
+        elif isinstance(first, dt.date):
+            frame[column] = pd.to_datetime(frame[column]).dt.date
+    return frame.convert_dtypes(convert_string=False)
