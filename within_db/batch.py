@@ -191,10 +191,15 @@ class _CopySource:
         self.chunks = chunks
         self.buffer = ""
         self.rows = 0
+        self.error: BulkInsertError | None = None
 
     def read(self, size: int = -1) -> str:
         while size < 0 or len(self.buffer) < size:
-            chunk = next(self.chunks, None)
+            try:
+                chunk = next(self.chunks, None)
+            except BulkInsertError as exc:
+                self.error = exc  # psycopg2 replaces it with QueryCanceled; _copy restores it
+                raise
             if chunk is None:
                 break
             self.rows += len(chunk)
@@ -221,17 +226,18 @@ def _copy(db, model, fields, stream, batch_size) -> int:
         with db.atomic():
             with db.connection().cursor() as cursor:
                 cursor.copy_expert(sql, source, size=1 << 16)
-    except psycopg2.IntegrityError as exc:
+    except psycopg2.Error as exc:
+        if source.error is not None:
+            raise source.error from None
         context = getattr(exc.diag, "context", None) or ""
         match = _COPY_LINE.search(context)
         position = int(match.group(1)) - 1 if match else -1
-        raise _failed(db, peewee.IntegrityError(exc), position) from None
-    except psycopg2.DataError as exc:
-        context = getattr(exc.diag, "context", None) or ""
-        match = _COPY_LINE.search(context)
-        position = int(match.group(1)) - 1 if match else -1
-        raise BulkInsertError(f"row {position} has a value of the wrong type or size for its "
-                              "column; nothing was written", position=position) from None
+        if isinstance(exc, psycopg2.IntegrityError):
+            raise _failed(db, peewee.IntegrityError(exc), position) from None
+        if isinstance(exc, psycopg2.DataError):
+            raise BulkInsertError(f"row {position} has a value of the wrong type or size for "
+                                  "its column; nothing was written", position=position) from None
+        raise
     return source.rows
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import time
 from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -29,6 +31,24 @@ BUSY_TIMEOUT = 30.0
 # Aware datetimes are stored as fixed-width UTC text on SQLite (see fields.UTCDateTimeField);
 # PostgreSQL gets a real TIMESTAMPTZ.
 SQLITE_FIELD_TYPES = {"TIMESTAMPTZ": "TEXT"}
+
+
+SECRET_COLUMNS = ("password_hash", "token_hash")
+
+
+class _RedactSecretParams(logging.Filter):
+    """peewee logs every query with its parameters at DEBUG; hide those of secret columns."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg
+        if isinstance(msg, tuple) and len(msg) == 2 and isinstance(msg[0], str) and msg[1] \
+                and any(col in msg[0] for col in SECRET_COLUMNS):
+            record.msg = (msg[0], "<parameters redacted: secret columns>")
+        return True
+
+
+# A filter, not a handler: the library still leaves logging configuration to the application.
+logging.getLogger("peewee").addFilter(_RedactSecretParams())
 
 
 class _Proxy(peewee.DatabaseProxy):
@@ -77,7 +97,34 @@ class _Redacted:
 
 
 class SqliteDatabase(_Redacted, peewee.SqliteDatabase):
-    """peewee's SqliteDatabase with within_db's column types."""
+    """peewee's SqliteDatabase with within_db's column types and a race-free WAL switch."""
+
+    def _set_pragmas(self, conn):
+        cursor = conn.cursor()
+        try:
+            for pragma, value in self._pragmas:
+                if pragma == "journal_mode":
+                    self._set_journal_mode(cursor, str(value))
+                else:
+                    cursor.execute(f"PRAGMA {pragma} = {value}")
+        finally:
+            cursor.close()
+
+    def _set_journal_mode(self, cursor, mode: str) -> None:
+        # WAL persists in the file, so only a new file needs the switch; the switch wants an
+        # exclusive lock and SQLite does not wait for it, so retry while another process
+        # (say, a concurrent `migrate up`) holds the file.
+        deadline = time.monotonic() + self._timeout
+        while True:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() == mode.lower():
+                return
+            try:
+                cursor.execute(f"PRAGMA journal_mode = {mode}")
+                return
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
 
 class _ClearConnectErrors:

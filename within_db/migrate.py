@@ -180,7 +180,7 @@ def rows_at_risk(db: peewee.Database | None, plan: list[str], directory=None) ->
     the reverted migrations, so it holds for any script.
     """
     db = _db(db)
-    names = [m.name for m in status(db, directory) if m.path is not None or m.applied]
+    names = [m.name for m in status(db, directory) if not m.file_missing]
     first = names.index(plan[-1])
     with scratch_database(db) as scratch:
         runner = Runner(scratch, directory)

@@ -71,18 +71,18 @@ def rows(db: peewee.Database, table: str, filters: list[tuple[str, str]] = (),
         private = set(getattr(model._meta, "private_fields", ())) if model else set()
         fields = {f.column_name: f for f in model._meta.sorted_fields} if model else {}
         shown = [c for c in live.columns if (fields.get(c) and fields[c].name) not in private]
-        source = peewee.Table(table, list(live.columns)).bind(db)
-        query = source.select(*[source.c[c] for c in shown])
+        source = peewee.Table(table).bind(db)
+        query = source.select(*[peewee.Column(source, c) for c in shown])
         for column, value in filters:
             introspect.require_column(live, column)
             field = fields.get(column)
             converted = _coerce(field, column, value)
             bound = field.db_value(converted) if field is not None else converted
-            query = query.where(source.c[column] == bound)
+            query = query.where(peewee.Column(source, column) == bound)
         if order:
             column = introspect.require_column(live, order.lstrip("-"))
-            query = query.order_by(source.c[column].desc() if order.startswith("-")
-                                   else source.c[column].asc())
+            query = query.order_by(peewee.Column(source, column).desc() if order.startswith("-")
+                                   else peewee.Column(source, column).asc())
         results = []
         for row in query.limit(limit).dicts():
             results.append({c: fields[c].python_value(v) if c in fields else v

@@ -1,0 +1,292 @@
+"""Benchmark within_db against the raw drivers, side by side on SQLite and PostgreSQL.
+
+    python scripts/bench.py [--rows N] [--postgres-url URL] [--repeat K]
+
+Prints a markdown table of median times and their ratio to the raw reference of the same
+backend, measured in the same run (1.0 = as fast as the hand-written driver code). A
+benchmark, not a test: timings on a shared 2-core machine are noisy, so read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+import uuid
+
+import psycopg2
+from playhouse.test_utils import count_queries
+
+import within_db
+from within_db import batch, migrate
+from within_db.fields import format_utc
+from within_db.models.campaigns import Ad, Campaign
+from within_db.models.ml_system import MLModel, ModelVersion, PredictionLog
+from within_db.models.users import User
+from within_db.services.campaigns import get_user_campaigns
+
+UTC = dt.UTC
+BASE = dt.datetime(2026, 1, 1, tzinfo=UTC)
+COLUMNS = ("model_version_id", "request_id", "ad_id", "score", "features", "latency_ms",
+           "created_at")
+
+
+def prediction_rows(n: int, version_id: int, tag: str) -> list[dict]:
+    return [{"model_version": version_id, "request_id": f"{tag}-{i}", "ad": None,
+             "score": (i % 1000) / 1000, "features": {"ctr_7d": 0.01 * (i % 7), "hour": i % 24,
+                                                      "platform": "meta"},
+             "latency_ms": 1.5 + (i % 10), "created_at": BASE + dt.timedelta(seconds=i)}
+            for i in range(n)]
+
+
+def timed(fn, repeat: int, setup=None) -> float:
+    samples = []
+    for _ in range(repeat):
+        if setup:
+            setup()
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def peak_mb(fn) -> float:
+    tracemalloc.start()
+    fn()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak / 1e6
+
+
+# -- raw references ---------------------------------------------------------------------------
+
+
+def raw_sqlite_insert(path: str, rows: list[dict]) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("PRAGMA synchronous=normal")
+    conn.execute("PRAGMA foreign_keys=1")
+    sql = (f"INSERT INTO prediction_logs ({', '.join(COLUMNS)}) "  # noqa: S608
+           "VALUES (?, ?, ?, ?, ?, ?, ?)")
+    conn.execute("BEGIN")
+    conn.executemany(sql, ((r["model_version"], r["request_id"], r["ad"], r["score"],
+                            json.dumps(r["features"]), r["latency_ms"],
+                            format_utc(r["created_at"])) for r in rows))
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def raw_pg_insert(dsn: str, rows: list[dict]) -> None:
+    import io
+
+    conn = psycopg2.connect(dsn)
+    buf = io.StringIO()
+    for r in rows:
+        buf.write(f"{r['model_version']}\t{r['request_id']}\t\\N\t{r['score']!r}\t"
+                  f"{json.dumps(r['features'])}\t{r['latency_ms']!r}\t"
+                  f"{r['created_at'].isoformat()}\n")
+    buf.seek(0)
+    with conn, conn.cursor() as cur:
+        cur.copy_expert(f"COPY prediction_logs ({', '.join(COLUMNS)}) FROM STDIN", buf)
+    conn.close()
+
+
+def raw_sqlite_stream(path: str) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    cur = conn.execute("SELECT id, model_version_id, request_id, ad_id, score, features, "
+                       "latency_ms, created_at FROM prediction_logs")
+    n = 0
+    while rows := cur.fetchmany(2000):
+        for r in rows:
+            _ = {"id": r[0], "model_version": r[1], "request_id": r[2],
+                 "ad": uuid.UUID(r[3]) if r[3] else None, "score": r[4],
+                 "features": json.loads(r[5]), "latency_ms": r[6],
+                 "created_at": dt.datetime.fromisoformat(r[7])}
+            n += 1
+    conn.close()
+    return n
+
+
+def raw_pg_stream(dsn: str) -> int:
+    conn = psycopg2.connect(dsn)
+    n = 0
+    with conn, conn.cursor(name="bench") as cur:
+        cur.execute("SELECT id, model_version_id, request_id, ad_id, score, features, "
+                    "latency_ms, created_at FROM prediction_logs")
+        while rows := cur.fetchmany(2000):
+            for r in rows:
+                _ = {"id": r[0], "model_version": r[1], "request_id": r[2],
+                     "ad": uuid.UUID(r[3]) if r[3] else None, "score": r[4],
+                     "features": r[5], "latency_ms": r[6],
+                     "created_at": r[7].astimezone(UTC)}
+                n += 1
+    conn.close()
+    return n
+
+
+def raw_user_campaigns(db, user_id) -> list:
+    # one JOIN, grouped in Python: what a careful engineer writes by hand
+    sql = ("SELECT c.id, c.name, c.created_at, a.id, a.name FROM campaigns c "
+           "LEFT JOIN ads a ON a.campaign_id = c.id WHERE c.owner_id = " + db.param +
+           " ORDER BY c.created_at DESC, c.id, a.created_at, a.id")
+    out, index = [], {}
+    for cid, cname, created, aid, aname in db.execute_sql(sql, (user_id,)):
+        if cid not in index:
+            index[cid] = {"campaign": {"id": cid, "name": cname, "created_at": created},
+                          "ads": []}
+            out.append(index[cid])
+        if aid is not None:
+            index[cid]["ads"].append({"id": aid, "name": aname})
+    return out
+
+
+def naive_user_campaigns(user_id) -> list:
+    """The original design's example: one query per campaign."""
+    user = User.select().where(User.id == user_id).first()
+    result = []
+    for campaign in (Campaign.select().where(Campaign.owner == user.id)
+                     .order_by(Campaign.created_at.desc())):
+        ads = Ad.select().where(Ad.campaign == campaign.id)
+        result.append({"campaign": campaign.to_dict(), "ads": [a.to_dict() for a in ads]})
+    return result
+
+
+# -- one backend --------------------------------------------------------------------------------
+
+
+def bench_backend(name: str, url: str, dsn_or_path: str, n: int, repeat: int) -> list[tuple]:
+    db = within_db.connect(url)
+    migrate.upgrade(db)
+    results = []
+    with db.connection_context():
+        owner = User.create(email=f"bench-{uuid.uuid4().hex[:8]}@example.com")
+        model = MLModel.create(name=f"bench-{uuid.uuid4().hex[:8]}", task="classification")
+        version = ModelVersion.create(model=model, version=1, artifact_uri="s3://bench")
+
+        def clear():
+            PredictionLog.delete().execute()
+
+        tags = iter(range(10_000))
+        rows = {}
+
+        def fresh_rows():
+            clear()
+            rows["data"] = prediction_rows(n, version.id, f"t{next(tags)}")
+
+        def ours():
+            batch.bulk_insert(PredictionLog, rows["data"])
+
+        def raw():
+            if name == "sqlite":
+                raw_sqlite_insert(dsn_or_path, rows["data"])
+            else:
+                raw_pg_insert(dsn_or_path, rows["data"])
+
+        def peewee_insert_many():
+            with db.atomic():
+                for chunk in range(0, n, 1000):
+                    PredictionLog.insert_many(rows["data"][chunk:chunk + 1000]).execute()
+
+        t_raw = timed(raw, repeat, fresh_rows)
+        t_ours = timed(ours, repeat, fresh_rows)
+        t_pw = timed(peewee_insert_many, max(1, repeat // 2), fresh_rows)
+        results += [(name, "insert", "raw driver", t_raw, 1.0, "", ""),
+                    (name, "insert", "within_db bulk_insert", t_ours, t_ours / t_raw, "", ""),
+                    (name, "insert", "peewee insert_many", t_pw, t_pw / t_raw, "", "")]
+
+        # stream: the table now holds n rows
+        query = PredictionLog.select().dicts()
+
+        def ours_stream():
+            return sum(1 for _ in batch.stream(query))
+
+        def raw_stream():
+            return (raw_sqlite_stream if name == "sqlite" else raw_pg_stream)(dsn_or_path)
+
+        def as_list():
+            return len(list(query))
+
+        assert ours_stream() == raw_stream() == n
+        t_raw = timed(raw_stream, repeat)
+        t_ours = timed(ours_stream, repeat)
+        m_raw, m_ours, m_list = peak_mb(raw_stream), peak_mb(ours_stream), peak_mb(as_list)
+        results += [(name, "stream", "raw fetchmany + convert", t_raw, 1.0, f"{m_raw:.1f}", ""),
+                    (name, "stream", "within_db stream", t_ours, t_ours / t_raw,
+                     f"{m_ours:.1f}", ""),
+                    (name, "stream", "list(query)", timed(as_list, 1), None, f"{m_list:.1f}",
+                     "")]
+        clear()
+
+        # user campaigns: 200 campaigns x 10 ads
+        campaigns = [{"id": uuid.uuid4(), "owner": owner.id, "name": f"c{i}",
+                      "objective": "sales", "platform": "meta", "start_date": dt.date(2026, 1, 1),
+                      "created_at": BASE + dt.timedelta(minutes=i),
+                      "updated_at": BASE} for i in range(200)]
+        batch.bulk_insert(Campaign, campaigns)
+        batch.bulk_insert(Ad, [{"id": uuid.uuid4(), "campaign": c["id"], "name": f"a{j}",
+                                "created_at": BASE, "updated_at": BASE}
+                               for c in campaigns for j in range(10)])
+        t_raw = timed(lambda: raw_user_campaigns(db, owner.id.hex if name == "sqlite"
+                                                 else str(owner.id)), repeat)
+        with count_queries() as q_ours:
+            get_user_campaigns(owner.id)
+        with count_queries() as q_naive:
+            naive_user_campaigns(owner.id)
+        t_ours = timed(lambda: get_user_campaigns(owner.id), repeat)
+        t_naive = timed(lambda: naive_user_campaigns(owner.id), repeat)
+        results += [(name, "user campaigns", "raw JOIN", t_raw, 1.0, "", 1),
+                    (name, "user campaigns", "within_db get_user_campaigns", t_ours,
+                     t_ours / t_raw, "", q_ours.count),
+                    (name, "user campaigns", "naive loop (design example)", t_naive,
+                     t_naive / t_raw, "", q_naive.count)]
+    db.close()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--postgres-url", default=os.environ.get(
+        "WITHIN_DB_TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test"))
+    args = parser.parse_args()
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "bench.db")
+        results += bench_backend("sqlite", f"sqlite:///{path}", path, args.rows, args.repeat)
+    admin = psycopg2.connect(args.postgres_url)
+    admin.autocommit = True
+    name = f"within_bench_{uuid.uuid4().hex[:8]}"
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = args.postgres_url.rpartition("/")[0] + "/" + name
+        results += bench_backend("postgres", url, url, args.rows, args.repeat)
+    finally:
+        within_db.database.obj.close()
+        admin.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.close()
+
+    print(f"{args.rows:,} rows, median of {args.repeat}; {dt.date.today()}, "
+          f"{platform.machine()} {os.cpu_count()} cores, Python {sys.version.split()[0]}\n")
+    print("| backend | operation | path | seconds | ratio to raw | peak MB | queries |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for backend, op, path, seconds, ratio, mem, queries in results:
+        shown = f"{ratio:.2f}x" if ratio is not None else ""
+        print(f"| {backend} | {op} | {path} | {seconds:.3f} | {shown} | {mem} | {queries} |")
+
+
+
+if __name__ == "__main__":
+    main()

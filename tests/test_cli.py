@@ -1,0 +1,230 @@
+"""The CLI through click's CliRunner (and once as the installed console script)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from within_db.cli import cli
+from within_db.db import database
+
+
+@pytest.fixture
+def run(fresh_url):
+    """Invoke ``within-db --database-url <fresh db> ARGS``; returns the click Result."""
+    runner = CliRunner()
+
+    def invoke(*args, url=fresh_url, input=None):
+        result = runner.invoke(cli, ["--database-url", url, *args], input=input)
+        if database.obj is not None:
+            database.obj.close()
+        return result
+
+    yield invoke
+    database.initialize(None)
+
+
+@pytest.fixture
+def seeded(run):
+    result = run("seed", "--scale", "tiny")
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_version_and_help():
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--version"]).output.startswith("within-db, version")
+    result = runner.invoke(cli, ["-h"])
+    assert result.exit_code == 0 and "migrate" in result.output and "seed" in result.output
+    for group in ("migrate", "inspect", "seed"):
+        out = runner.invoke(cli, [group, "--help"]).output
+        assert "Example" in out
+
+
+def test_migrate_status_up_down(run):
+    result = run("migrate", "status", "--format", "json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)[0] == {"name": "0001_initial", "status": "pending",
+                                            "file": "ok"}
+    assert "pending; run `within-db migrate up`" in result.stderr
+    result = run("migrate", "up")
+    assert result.exit_code == 0 and "applied 0001_initial" in result.stdout
+    assert run("migrate", "status").exit_code == 0
+    assert run("migrate", "check").exit_code == 0
+    result = run("migrate", "down", "--target", "0001_initial")
+    assert result.exit_code == 0 and "reverted 0001_initial" in result.stdout
+
+
+def test_migrate_down_refuses_to_drop_rows_without_yes(seeded):
+    result = seeded("migrate", "down", "--target", "0001_initial")
+    assert result.exit_code == 1
+    assert "drops" in result.stderr and "rows" in result.stderr and "--yes" in result.stderr
+    assert "Traceback" not in result.output
+    assert seeded("inspect", "tables").exit_code == 0  # nothing was reverted
+    result = seeded("migrate", "down", "--target", "0001_initial", "--yes")
+    assert result.exit_code == 0
+
+
+def test_migrate_errors_are_one_line(run):
+    result = run("migrate", "up", "--target", "9999_nope")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("Error: unknown migration")
+
+
+def test_unmigrated_database_says_what_to_run(run):
+    result = run("inspect")
+    assert result.exit_code == 1
+    assert "within-db migrate up" in result.stderr
+
+
+def test_seed_then_inspect(seeded):
+    result = seeded("inspect", "--format", "json")
+    doc = json.loads(result.stdout)
+    assert doc["migration_head"] == "0002_audit_log_append_only"
+    counts = {t["table"]: t["rows"] for t in doc["tables"]}
+    assert all(counts[t] > 0 for t in counts if t != "schema_migrations"), counts
+    result = seeded("inspect", "tables", "--format", "csv")
+    assert result.stdout.splitlines()[0] == "table,rows"
+
+
+def test_seed_refuses_a_database_with_data(seeded):
+    result = seeded("seed", "--scale", "tiny")
+    assert result.exit_code == 1 and "--reset" in result.stderr and "--append" in result.stderr
+    result = seeded("seed", "--scale", "tiny", "--append", "--format", "json")
+    assert result.exit_code == 0, result.output
+    users = {t["table"]: t for t in json.loads(result.stdout)["tables"]}["users"]
+    assert users["rows"] == 12 and users["added"] == 6
+    result = seeded("seed", "--scale", "tiny", "--reset", "--format", "json")
+    assert result.exit_code == 0, result.output
+    users = {t["table"]: t for t in json.loads(result.stdout)["tables"]}["users"]
+    assert users["rows"] == 6
+
+
+def test_seed_count_overrides_and_bad_counts(run):
+    result = run("seed", "--scale", "tiny", "--count", "users=2", "--count", "predictions=10",
+                 "--format", "json")
+    assert result.exit_code == 0, result.output
+    counts = {t["table"]: t["rows"] for t in json.loads(result.stdout)["tables"]}
+    assert counts["users"] == 2 and counts["prediction_logs"] == 10
+    result = run("seed", "--count", "bogus=1")
+    assert result.exit_code == 2 and "bogus" in result.stderr
+
+
+def test_inspect_rows_filters_orders_and_binds_values(seeded):
+    first = json.loads(seeded("inspect", "rows", "campaigns", "--limit", "1",
+                              "--format", "json").stdout)[0]
+    result = seeded("inspect", "rows", "campaigns", "--where", f"platform={first['platform']}",
+                    "--order", "-created_at", "--limit", "50", "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert rows and all(r["platform"] == first["platform"] for r in rows)
+    assert [r["created_at"] for r in rows] == sorted((r["created_at"] for r in rows),
+                                                     reverse=True)
+    injected = seeded("inspect", "rows", "users", "--where", "email=x' OR '1'='1",
+                      "--format", "json")
+    assert injected.exit_code == 0 and json.loads(injected.stdout) == []
+    assert json.loads(seeded("inspect", "--format", "json").stdout)["tables"]
+    active = seeded("inspect", "rows", "users", "--where", "is_active=true", "--format", "json")
+    assert all(r["is_active"] is True for r in json.loads(active.stdout))
+
+
+def test_inspect_never_shows_secret_columns(seeded):
+    for table in ("credentials", "access_tokens", "share_links"):
+        result = seeded("inspect", "rows", table, "--format", "json")
+        assert result.exit_code == 0, result.output
+        text = result.stdout
+        assert "password_hash" not in text and "token_hash" not in text
+        assert "$argon2id$" not in text
+
+
+def test_inspect_unknown_names_list_the_valid_ones(seeded):
+    result = seeded("inspect", "rows", "passwords")
+    assert result.exit_code == 1 and 'unknown table "passwords"' in result.stderr
+    assert "campaigns" in result.stderr
+    result = seeded("inspect", "rows", "users", "--where", "pwd=1")
+    assert 'unknown column "pwd"' in result.stderr and "email" in result.stderr
+    result = seeded("inspect", "rows", "users", "--order", "-nope")
+    assert 'unknown column "nope"' in result.stderr
+    result = seeded("inspect", "rows", "users", "--where", "is_active=maybe")
+    assert "not a valid boolean" in result.stderr
+    result = seeded("inspect", "rows", "users", "--where", "novalue")
+    assert result.exit_code == 2 and "COLUMN=VALUE" in result.stderr
+    result = seeded("inspect", "schema", "nope")
+    assert result.exit_code == 1 and "valid tables" in result.stderr
+
+
+def test_inspect_schema_reads_the_live_database(seeded):
+    result = seeded("inspect", "schema", "model_versions", "--format", "json")
+    doc = json.loads(result.stdout)[0]
+    assert doc["table"] == "model_versions"
+    indexes = {i["name"]: i for i in doc["indexes"]}
+    assert indexes["model_versions_one_production"]["unique"]
+    assert "production" in indexes["model_versions_one_production"]["where"]
+    assert {c["name"] for c in doc["checks"]} == {"model_versions_stage_check",
+                                                   "model_versions_version_positive_check"}
+    fks = {f["column"]: f["on_delete"] for f in doc["foreign_keys"]}
+    assert fks == {"model_id": "CASCADE", "training_job_id": "SET NULL"}
+    table = seeded("inspect", "schema", "campaigns", "--format", "table")
+    assert "campaigns_currency_check" in table.stdout and "owner_id" in table.stdout
+
+
+def test_inspect_user_shows_roles_and_campaigns(seeded):
+    rows = json.loads(seeded("inspect", "rows", "users", "--limit", "1", "--order", "email",
+                             "--format", "json").stdout)
+    email = rows[0]["email"]
+    doc = json.loads(seeded("inspect", "user", email.upper(), "--format", "json").stdout)
+    assert doc["user"]["email"] == email and "password_hash" not in json.dumps(doc)
+    assert doc["roles"]
+    created = [c["campaign"]["created_at"] for c in doc["campaigns"]]
+    assert created == sorted(created, reverse=True)
+    assert all(c["ads"] for c in doc["campaigns"])
+    by_id = json.loads(seeded("inspect", "user", doc["user"]["id"], "--format", "json").stdout)
+    assert by_id == doc
+    table = seeded("inspect", "user", email, "--format", "table")
+    assert email in table.stdout
+    missing = seeded("inspect", "user", "ghost@example.com")
+    assert missing.exit_code == 1 and "no user" in missing.stderr
+
+
+def test_inspect_erd(run):
+    result = run("inspect", "erd")
+    assert result.stdout.startswith("erDiagram") and "users ||--o{ campaigns" in result.stdout
+    assert run("inspect", "erd", "--markdown").stdout.startswith("# within_db schema")
+
+
+def test_bad_url_and_unreachable_server_are_one_line_without_secrets(run):
+    result = run("inspect", url="mysql://u@h/d")
+    assert result.exit_code == 2 and result.stderr.startswith("Error: unsupported")
+    result = run("inspect", url="postgresql://root:Sup3rSecret@127.0.0.1:1/x?connect_timeout=2")
+    assert result.exit_code == 1
+    assert "127.0.0.1:1" in result.stderr and "Sup3rSecret" not in result.output
+    assert "Traceback" not in result.output
+
+
+def test_debug_shows_the_traceback(run):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--debug", "--database-url", "mysql://u@h/d", "inspect"])
+    assert result.exception is not None and type(result.exception).__name__ == \
+        "ConfigurationError"
+
+
+def test_installed_console_script_runs(fresh_url, tmp_path):
+    beside = Path(sys.executable).parent / "within-db"
+    exe = str(beside) if beside.exists() else shutil.which("within-db")
+    assert exe, "the console script is not installed (pip install -e .)"
+    env = {"DATABASE_URL": fresh_url, "PATH": "/usr/bin:/bin"}
+    seed = subprocess.run([exe, "seed", "--scale", "tiny", "--format", "json"], env=env,
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert seed.returncode == 0, seed.stderr
+    assert "seeded" in seed.stderr and json.loads(seed.stdout)["tables"]
+    status = subprocess.run([exe, "migrate", "status"], env=env, capture_output=True,
+                            text=True, cwd=tmp_path, timeout=60)
+    assert status.returncode == 0
+    bad = subprocess.run([exe, "inspect", "rows", "nope"], env=env, capture_output=True,
+                         text=True, cwd=tmp_path, timeout=60)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
