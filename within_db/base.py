@@ -38,12 +38,66 @@ def jsonable(value: Any) -> Any:
     raise TypeError(f"cannot make {type(value).__name__} JSON-serialisable")
 
 
+def _uuid_text(value) -> str:
+    return str(value if isinstance(value, uuid.UUID) else uuid.UUID(value))
+
+
+def _json_converter(field: peewee.Field):
+    """Return f(raw database value) -> the value ``to_dict()`` gives, or None for identity."""
+    target = field.rel_field if isinstance(field, peewee.ForeignKeyField) else field
+    if isinstance(target, peewee.UUIDField):
+        return _uuid_text
+    if isinstance(target, peewee.BooleanField):
+        return bool
+    if isinstance(target, peewee.JSONField):
+        # JSON columns hold JSON values already: decode (SQLite) and keep
+        return target.python_value
+    if type(target).__module__ == "peewee" and isinstance(
+            target, (peewee.IntegerField, peewee.FloatField, peewee.CharField,
+                     peewee.TextField)):
+        return None
+    python_value = target.python_value
+
+    def convert(value):
+        return jsonable(python_value(value))
+
+    return convert
+
+
 class BaseModel(peewee.Model):
     """Every within_db model: bound to the proxy, flat secret-free ``to_dict()``."""
 
     class Meta:
         database = database
         legacy_table_names = False
+
+    @classmethod
+    def public_fields(cls) -> list[peewee.Field]:
+        """The fields ``to_dict()`` shows, in column order (private fields left out)."""
+        private = getattr(cls._meta, "private_fields", ())
+        return [f for f in cls._meta.sorted_fields if f.name not in private]
+
+    @classmethod
+    def json_rows(cls, query: peewee.SelectQuery) -> list[dict[str, Any]]:
+        """Run ``query`` (selecting ``public_fields()``) and return ``to_dict()``-equal dicts.
+
+        Converts raw rows directly, skipping model instances: the fast path for reads that
+        end as JSON.
+        """
+        fields = cls.public_fields()
+        keys = [f.column_name if isinstance(f, peewee.ForeignKeyField) else f.name
+                for f in fields]
+        plan = [(i, key, conv) for i, (key, conv) in
+                enumerate(zip(keys, map(_json_converter, fields), strict=True)) if conv]
+        out = []
+        for row in cls._meta.database.execute(query):  # raw rows: no peewee conversion
+            item = dict(zip(keys, row, strict=True))
+            for i, key, conv in plan:
+                value = row[i]
+                if value is not None:
+                    item[key] = conv(value)
+            out.append(item)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """Return the row's columns as JSON-safe values; foreign keys as ids, secrets omitted."""
