@@ -190,3 +190,34 @@ def test_two_concurrent_upgrades_apply_each_migration_once(fresh_url):
     with db.connection_context():
         count = db.execute_sql(f"SELECT count(*) FROM {migrate.HISTORY_TABLE}").fetchone()[0]
     assert count == len(SHIPPED)
+
+
+def test_generate_writes_a_migration_that_closes_the_drift(fresh_db, tmp_path):
+    from within_db.base import BaseModel, check
+
+    folder = _copy_migrations(tmp_path, {})
+    migrate.upgrade(fresh_db, directory=folder)
+
+    class Note(BaseModel):
+        user = peewee.ForeignKeyField(User, on_delete="CASCADE", backref="+")
+        body = peewee.TextField()
+
+        class Meta:
+            table_name = "notes"
+            constraints = [check("notes", "body_not_empty", "length(body) > 0")]
+
+    models = [*ALL_MODELS, Note]
+    User._meta.add_field("nickname", peewee.CharField(null=True))
+    try:
+        assert migrate.check(fresh_db, models=models, directory=folder)
+        path = migrate.generate("add notes", fresh_db, models=models, directory=folder)
+        assert path.endswith("0003_add_notes.py")
+        source = open(path).read()
+        assert "notes_body_not_empty_check" in source and "nickname" in source
+        assert migrate.upgrade(fresh_db, directory=folder) == ["0003_add_notes"]
+        assert migrate.check(fresh_db, models=models, directory=folder) == []
+        with pytest.raises(MigrationError, match="nothing to generate"):
+            migrate.generate("again", fresh_db, models=models, directory=folder)
+        assert migrate.downgrade(fresh_db, directory=folder) == ["0003_add_notes"]
+    finally:
+        User._meta.remove_field("nickname")

@@ -97,11 +97,26 @@ def model_source(model, targets: dict, database) -> list[str]:
     return lines
 
 
+def stub_source(model) -> list[str]:
+    """A frozen stand-in for an existing table that a new foreign key points at."""
+    pk = model._meta.primary_key
+    lines = [f"class {model.__name__}(Model):"]
+    if not (type(pk) is peewee.AutoField and pk.name == "id"):
+        lines.append(f"    {pk.name} = {storage_class(pk)}(primary_key=True)")
+    lines += ["", "    class Meta:", "        database = db",
+              f"        table_name = {model._meta.table_name!r}", ""]
+    return lines
+
+
 def models_source(models, database) -> str:
     """Return the body of ``up()`` that creates ``models`` (sorted by dependency)."""
     models = peewee.sort_models(models)
-    targets = {m: m.__name__ for m in models}
+    existing = sorted({fk.rel_model for m in models for fk in m._meta.refs
+                       if fk.rel_model not in models}, key=lambda m: m.__name__)
+    targets = {m: m.__name__ for m in [*models, *existing]}
     out = []
+    for model in existing:
+        out += stub_source(model)
     for model in models:
         out += model_source(model, targets, database)
         out.append("")
