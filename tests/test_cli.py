@@ -228,3 +228,13 @@ def test_installed_console_script_runs(fresh_url, tmp_path):
     bad = subprocess.run([exe, "inspect", "rows", "nope"], env=env, capture_output=True,
                          text=True, cwd=tmp_path, timeout=60)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_migrate_create_and_directory_option(run, tmp_path):
+    folder = tmp_path / "migs"
+    result = run("migrate", "--directory", str(folder), "create", "Add priority!")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith("0001_add_priority.py")
+    status = run("migrate", "--directory", str(folder), "status", "--format", "json")
+    assert [m["name"] for m in json.loads(status.stdout)] == ["0001_add_priority"]
+    assert run("migrate", "--directory", str(folder), "up").exit_code == 0

@@ -124,15 +124,30 @@ def test_training_rows_join_campaign_attributes(db):
         list(ml.training_rows(dt.date(2026, 1, 3), dt.date(2026, 1, 1)))
 
 
-def test_to_dataframe_explains_the_extra_without_pandas(db):
-    try:
-        import pandas  # noqa: F401
-    except ImportError:
-        with pytest.raises(ConfigurationError, match=r"within_db\[ml\]"):
-            ml.to_dataframe(PredictionLog.select())
-    else:
-        frame = ml.to_dataframe(PredictionLog.select())
-        assert len(frame) == 0
+def test_to_dataframe_types_columns_from_fields(db):
+    import pandas as pd  # from the dev extra
+    campaign = make_campaign()
+    CampaignPerformance.create(campaign=campaign, date=dt.date(2026, 1, 2), impressions=10,
+                               clicks=1, spend_micros=Decimal("2.5"))
+    version = ml.create_version(ml.register_model("m", "ranking"), "s3://m/1")
+    ml.log_predictions(version, [{"request_id": "a", "score": 0.5, "features": {"x": 1}}])
+    perf = ml.to_dataframe(CampaignPerformance.select())
+    assert str(perf["impressions"].dtype) == "Int64"
+    assert str(perf["campaign"].dtype).startswith("str") and perf["campaign"][0] == str(
+        campaign.id)
+    assert pd.api.types.is_datetime64_any_dtype(perf["date"])
+    assert perf["spend_micros"].dtype == "float64" and perf["spend_micros"][0] == 2.5
+    preds = ml.to_dataframe(PredictionLog.select())
+    assert str(preds["created_at"].dtype).endswith("UTC]")
+    assert preds["features"][0] == {"x": 1} and preds["score"].dtype == "float64"
+    empty = ml.to_dataframe(PredictionLog.select().where(PredictionLog.id < 0))
+    assert len(empty) == 0 and "request_id" in empty.columns
+
+
+def test_to_dataframe_explains_the_extra_without_pandas(db, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas now raises ImportError
+    with pytest.raises(ConfigurationError, match=r"within_db\[ml\]"):
+        ml.to_dataframe(PredictionLog.select())
 
 
 def test_concurrent_version_creation_never_collides(migrated_fresh_db, fresh_url):

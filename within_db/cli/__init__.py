@@ -24,6 +24,7 @@ class Settings:
 
     url: str | None
     debug: bool
+    migrations: str | None = None
     _db: peewee.Database | None = field(default=None, repr=False)
 
     def database(self) -> peewee.Database:

@@ -12,7 +12,12 @@ from within_db.errors import MigrationError
 
 
 @click.group()
-def migrate() -> None:
+@click.option("--directory", type=click.Path(file_okay=False), metavar="DIR",
+              envvar="WITHIN_DB_MIGRATIONS",
+              help="Migration scripts to use [env WITHIN_DB_MIGRATIONS; default: the ones "
+                   "shipped with within_db].")
+@click.pass_obj
+def migrate(settings, directory) -> None:
     """Apply, revert and check schema migrations.
 
     \b
@@ -20,6 +25,7 @@ def migrate() -> None:
       within-db migrate up
       within-db migrate status || echo "pending migrations"
     """
+    settings.migrations = directory
 
 
 @migrate.command()
@@ -32,7 +38,7 @@ def status(settings, fmt) -> None:
     Example:
       within-db migrate status --format json
     """
-    states = api.status(settings.database())
+    states = api.status(settings.database(), settings.migrations)
     rows = [{"name": s.name,
              "status": "applied" if s.applied else "pending",
              "file": "missing" if s.file_missing else "ok"} for s in states]
@@ -57,7 +63,8 @@ def up(settings, target, fake) -> None:
     Example:
       within-db migrate up --target 0001_initial
     """
-    applied = api.upgrade(settings.database(), target=target, fake=fake)
+    applied = api.upgrade(settings.database(), target=target, fake=fake,
+                          directory=settings.migrations)
     for name in applied:
         click.echo(f"applied {name}{' (fake)' if fake else ''}")
     if not applied:
@@ -79,11 +86,11 @@ def down(settings, target, yes) -> None:
       within-db migrate down --target 0001_initial --yes
     """
     db = settings.database()
-    plan = api.downgrade_plan(db, target)
+    plan = api.downgrade_plan(db, target, settings.migrations)
     if not plan:
         note("nothing to revert")
         return
-    at_risk = api.rows_at_risk(db, plan)
+    at_risk = api.rows_at_risk(db, plan, settings.migrations)
     if at_risk and not yes:
         summary = ", ".join(f"{t} ({n:,})" for t, n in sorted(at_risk.items()))
         lost = sum(at_risk.values())
@@ -91,20 +98,21 @@ def down(settings, target, yes) -> None:
         if not sys.stdin.isatty():
             raise MigrationError(f"{message}; rerun with --yes to confirm")
         click.confirm(f"{message}. Continue?", abort=True, err=True)
-    for name in api.downgrade(db, target):
+    for name in api.downgrade(db, target, settings.migrations):
         click.echo(f"reverted {name}")
 
 
 @migrate.command()
 @click.argument("name")
-def create(name) -> None:
+@click.pass_obj
+def create(settings, name) -> None:
     """Write an empty numbered migration script to fill in by hand.
 
     \b
     Example:
       within-db migrate create add_campaign_priority
     """
-    click.echo(api.create(name))
+    click.echo(api.create(name, settings.migrations))
 
 
 @migrate.command()
@@ -120,7 +128,7 @@ def generate(settings, name) -> None:
     Example:
       within-db migrate generate add_campaign_priority
     """
-    click.echo(api.generate(name, settings.database()))
+    click.echo(api.generate(name, settings.database(), directory=settings.migrations))
 
 
 @migrate.command()
@@ -135,7 +143,7 @@ def check(settings) -> None:
     Example:
       within-db --database-url postgresql://root@127.0.0.1:5432/test migrate check
     """
-    differences = api.check(settings.database())
+    differences = api.check(settings.database(), directory=settings.migrations)
     for line in differences:
         click.echo(line)
     if differences:

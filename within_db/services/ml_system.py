@@ -22,7 +22,7 @@ from within_db.errors import (
     NotFoundError,
     ValidationError,
 )
-from within_db.fields import utcnow
+from within_db.fields import MoneyField, UTCDateTimeField, utcnow
 from within_db.models.campaigns import Campaign, CampaignPerformance
 from within_db.models.ml_system import (
     SPLITS,
@@ -245,21 +245,52 @@ def training_rows(start: dt.date, end: dt.date, platforms: list[str] | None = No
     return batch.stream(query.dicts(), chunk_size=chunk_size)
 
 
-def to_dataframe(query: peewee.SelectBase):
-    """Return a pandas DataFrame of ``query`` with typed columns (needs the ``ml`` extra)."""
+def _dtype_of(field: peewee.Field) -> str | None:
+    target = field.rel_field if isinstance(field, peewee.ForeignKeyField) else field
+    if isinstance(target, MoneyField):
+        return "float64"  # units as floats for modelling; query directly for exact Decimal
+    if isinstance(target, UTCDateTimeField):
+        return "datetime64[ns, UTC]"
+    if isinstance(target, peewee.DateField):
+        return "datetime64[ns]"
+    if isinstance(target, peewee.BooleanField):
+        return "boolean"
+    if isinstance(target, (peewee.IntegerField, peewee.AutoField)):
+        return "Int64"
+    if isinstance(target, peewee.FloatField):
+        return "float64"
+    if isinstance(target, (peewee.CharField, peewee.TextField, peewee.UUIDField)):
+        return "string"
+    return None  # JSON and anything else stay Python objects
+
+
+def to_dataframe(query: peewee.SelectQuery):
+    """Return a pandas DataFrame of ``query`` typed from its fields (needs the ``ml`` extra).
+
+    Integers become nullable Int64, dates datetime64, instants datetime64 in UTC, money
+    float64 units, text and UUIDs pandas strings; JSON columns stay Python objects.
+    """
     try:
         import pandas as pd
     except ImportError:
         raise ConfigurationError(
             "to_dataframe needs pandas: pip install 'within_db[ml]'") from None
-    frame = pd.DataFrame.from_records(list(batch.stream(query.dicts())))
-    for column in frame.columns:
-        sample = frame[column].dropna()
-        if sample.empty:
+    dtypes = {}
+    for node in query.selected_columns:
+        field = node.unwrap() if isinstance(node, peewee.Node) else node
+        if isinstance(field, peewee.Field):
+            name = node._alias if isinstance(node, peewee.Alias) else field.name
+            dtypes[name] = _dtype_of(field)
+    rows = list(batch.stream(query.dicts()))
+    frame = pd.DataFrame.from_records(rows, columns=list(dtypes) or None)
+    for column, dtype in dtypes.items():
+        if dtype is None:
             continue
-        first = sample.iloc[0]
-        if isinstance(first, dt.datetime):
-            frame[column] = pd.to_datetime(frame[column], utc=True)
-        elif isinstance(first, dt.date):
-            frame[column] = pd.to_datetime(frame[column]).dt.date
-    return frame.convert_dtypes(convert_string=False)
+        values = frame[column]
+        if dtype.startswith("datetime64"):
+            frame[column] = pd.to_datetime(values, utc=dtype.endswith("UTC]"))
+        elif dtype == "string":
+            frame[column] = values.map(lambda v: None if v is None else str(v)).astype(dtype)
+        else:
+            frame[column] = values.astype("float64" if dtype == "float64" else dtype)
+    return frame
