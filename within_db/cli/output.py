@@ -68,7 +68,8 @@ def render(rows: list[dict], fmt: str | None, columns: list[str] | None = None,
     elif fmt == "csv":
         buffer = io.StringIO()
         columns = columns or (list(rows[0]) if rows else [])
-        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore",
+                                lineterminator="\n")
         writer.writeheader()
         for row in rows:
             writer.writerow({c: _cell(row.get(c)) for c in columns})

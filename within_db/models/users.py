@@ -164,7 +164,6 @@ class AuditLog(BaseModel):
 
     class Meta:
         table_name = "audit_logs"
-        private_fields = ()
         indexes = ((("actor", "created_at"), False),)
         constraints = [
             check("audit_logs", "action_not_empty", "length(action) > 0"),
