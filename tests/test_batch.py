@@ -58,6 +58,10 @@ def test_bulk_accepts_tuples_and_applies_defaults(db):
     assert row.features == {} and row.ad_id is None and row.created_at == t
     with pytest.raises(ValidationError, match="unknown fields"):
         batch.bulk_insert(PredictionLog, [], fields=["nope"])
+    with pytest.raises(BulkInsertError, match="row 0: unknown fields scroe"):
+        batch.bulk_insert(PredictionLog, [{"model_version": version.id, "request_id": "r3",
+                                           "scroe": 0.5}])
+    assert PredictionLog.select().count() == 2
 
 
 def test_bulk_insert_of_nothing_writes_nothing(db):

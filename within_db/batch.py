@@ -68,10 +68,13 @@ def _rows(fields: list[peewee.Field], rows: Iterable, tuple_fields) -> Iterator[
         alias = f.column_name if f.column_name != f.name else None
         required = not f.null and f.default is None
         plan.append((f.name, alias, _converter(f), f.default, callable(f.default), required))
+    known = {f.name for f in fields} | {f.column_name for f in fields}
     for position, row in enumerate(rows):
         try:
             if isinstance(row, dict):
                 given = row
+                if position == 0 and not set(row) <= known:  # checked once: a hot loop
+                    raise ValidationError(f"unknown fields {', '.join(sorted(set(row) - known))}")
             else:
                 if len(row) != len(tuple_fields):
                     raise ValidationError(f"expected {len(tuple_fields)} values, got {len(row)}")

@@ -46,6 +46,8 @@ class Table:
     indexes: dict[str, Index] = field(default_factory=dict)
     foreign_keys: dict[str, ForeignKey] = field(default_factory=dict)
     checks: dict[str, str] = field(default_factory=dict)
+    # created by migrations only (models cannot declare them), so drift checks skip them
+    triggers: dict[str, str] = field(default_factory=dict)
     primary_key: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
@@ -56,6 +58,7 @@ class Table:
             "indexes": [dict(vars(i), columns=list(i.columns)) for i in self.indexes.values()],
             "foreign_keys": [vars(f) for f in self.foreign_keys.values()],
             "checks": [{"name": k, "expression": v} for k, v in self.checks.items()],
+            "triggers": [{"name": k, "definition": v} for k, v in self.triggers.items()],
         }
 
 
@@ -148,6 +151,9 @@ def _describe_sqlite(db, name: str) -> Table:
     ).fetchone()
     for match in _CHECK_RE.finditer(create_sql):
         table.checks[match.group(1)] = _balanced(create_sql, match.end()).strip()
+    table.triggers = dict(db.execute_sql(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? "
+        "ORDER BY name", (name,)).fetchall())
     return table
 
 
@@ -193,6 +199,15 @@ LEFT JOIN pg_class ref ON ref.oid = con.confrelid
 WHERE n.nspname = current_schema() AND t.relname = %s AND con.contype IN ('c', 'f', 'p')
 """
 
+_PG_TRIGGERS = """
+SELECT tg.tgname, pg_get_triggerdef(tg.oid)
+FROM pg_trigger tg
+JOIN pg_class t ON t.oid = tg.tgrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE n.nspname = current_schema() AND t.relname = %s AND NOT tg.tgisinternal
+ORDER BY tg.tgname
+"""
+
 
 def _describe_postgres(db, name: str) -> Table:
     table = Table(name)
@@ -211,6 +226,7 @@ def _describe_postgres(db, name: str) -> Table:
         else:
             table.foreign_keys[cols[0]] = ForeignKey(cols[0], ref, ref_cols[0],
                                                      _PG_ON_DELETE[deltype])
+    table.triggers = dict(db.execute_sql(_PG_TRIGGERS, (name,)).fetchall())
     return table
 
 

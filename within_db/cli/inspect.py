@@ -84,6 +84,7 @@ def schema(settings, table, fmt) -> None:
                               unique=i["unique"], where=i["where"]) for i in doc["indexes"]]),
             ("foreign keys", doc["foreign_keys"]),
             ("checks", doc["checks"]),
+            ("triggers", doc["triggers"]),
         ]
         for title, rows in sections:
             if rows:
