@@ -113,6 +113,8 @@ def test_seed_count_overrides_and_bad_counts(run):
     assert counts["users"] == 2 and counts["prediction_logs"] == 10
     result = run("seed", "--count", "bogus=1")
     assert result.exit_code == 2 and "bogus" in result.stderr
+    result = run("seed", "--reset", "--append")
+    assert result.exit_code == 2 and "exclude each other" in result.stderr
 
 
 def test_inspect_rows_filters_orders_and_binds_values(seeded):

@@ -74,6 +74,8 @@ def seed(settings, scale, counts, seed, reset, append, fmt) -> None:
       within-db seed --scale tiny --seed 7 --reset
       within-db seed --scale medium --count predictions=50000
     """
+    if reset and append:
+        raise click.UsageError("--reset and --append exclude each other")
     overrides = _parse_counts(counts)
     chosen = dataclasses.replace(SCALES[scale], **overrides)
     progress = _Progress(chosen, sys.stderr.isatty())
