@@ -243,3 +243,18 @@ def test_migrate_create_and_directory_option(run, tmp_path):
     status = run("migrate", "--directory", str(folder), "status", "--format", "json")
     assert [m["name"] for m in json.loads(status.stdout)] == ["0001_add_priority"]
     assert run("migrate", "--directory", str(folder), "up").exit_code == 0
+
+
+@pytest.mark.parametrize("answer,reverted", [("n", False), ("y", True)])
+def test_migrate_down_asks_on_a_terminal(seeded, fresh_url, answer, reverted):
+    # util-linux `script` gives the command a real terminal; CliRunner has none
+    script = shutil.which("script")
+    assert script, "util-linux `script` is needed to give the command a terminal"
+    exe = Path(sys.executable).parent / "within-db"
+    command = f"{exe} --database-url '{fresh_url}' migrate down --target 0001_initial"
+    result = subprocess.run([script, "-q", "-e", "-c", command, "/dev/null"],
+                            input=f"{answer}\n", capture_output=True, text=True, timeout=120)
+    assert "Continue? [y/N]" in result.stdout and "rows in" in result.stdout
+    assert (result.returncode == 0) is reverted
+    status = json.loads(seeded("migrate", "status", "--format", "json").stdout)
+    assert all(m["status"] == ("pending" if reverted else "applied") for m in status)
