@@ -6,10 +6,15 @@ reports UNIQUE violations by columns, which are mapped back to the index name he
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import peewee
+
+from within_db.db import database
+from within_db.errors import ConflictError
 
 _SQLITE = [
     ("check", re.compile(r"CHECK constraint failed: (\w+)")),
@@ -38,6 +43,22 @@ def violation(exc: peewee.IntegrityError, db: peewee.Database) -> Violation | No
     if diag is not None:
         return _postgres(orig, diag)
     return _sqlite(str(exc), db)
+
+
+@contextlib.contextmanager
+def conflict_on(constraint: str, message: str) -> Iterator[None]:
+    """Turn a violation of the named constraint inside the block into ConflictError(message).
+
+    Put the block's ``atomic()`` inside this context, so it has rolled back first. Other
+    integrity errors propagate unchanged.
+    """
+    try:
+        yield
+    except peewee.IntegrityError as exc:
+        found = violation(exc, database.obj)
+        if found is not None and found.name == constraint:
+            raise ConflictError(message) from None
+        raise
 
 
 _PG_KINDS = {"23514": "check", "23505": "unique", "23502": "not_null", "23503": "foreign_key"}

@@ -29,6 +29,7 @@ from within_db.errors import (
     WithinDBError,
 )
 from within_db.fields import utcnow
+from within_db.integrity import conflict_on
 from within_db.models.analytics import (
     CHART_TYPES,
     EXPORT_FORMATS,
@@ -65,12 +66,10 @@ def create_saved_query(owner: User, name: str, definition: dict, description: st
                        now: dt.datetime | None = None) -> SavedQuery:
     """Store a validated definition; ConflictError if the owner already has that name."""
     validate_definition(definition)
-    try:
-        with database.atomic():
-            return SavedQuery.create(owner=owner, name=name, definition=definition,
-                                     description=description, **_stamps(now))
-    except peewee.IntegrityError:
-        raise ConflictError("you already have a saved query with that name") from None
+    with conflict_on("saved_queries_owner_id_name",
+                     "you already have a saved query with that name"), database.atomic():
+        return SavedQuery.create(owner=owner, name=name, definition=definition,
+                                 description=description, **_stamps(now))
 
 
 def run_saved_query(saved_query: SavedQuery, params: dict | None = None,
@@ -130,12 +129,10 @@ def create_visualization(saved_query: SavedQuery, name: str, chart_type: str,
 def create_dashboard(owner: User, name: str, description: str = "",
                      now: dt.datetime | None = None) -> Dashboard:
     """Create an empty dashboard on the 12-column grid; ConflictError for a taken name."""
-    try:
-        with database.atomic():
-            return Dashboard.create(owner=owner, name=name, description=description,
-                                    layout={"columns": GRID_COLUMNS}, **_stamps(now))
-    except peewee.IntegrityError:
-        raise ConflictError("you already have a dashboard with that name") from None
+    with conflict_on("dashboards_owner_id_name",
+                     "you already have a dashboard with that name"), database.atomic():
+        return Dashboard.create(owner=owner, name=name, description=description,
+                                layout={"columns": GRID_COLUMNS}, **_stamps(now))
 
 
 def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:

@@ -23,6 +23,7 @@ from within_db.errors import (
     ValidationError,
 )
 from within_db.fields import MoneyField, UTCDateTimeField, utcnow
+from within_db.integrity import conflict_on
 from within_db.models.campaigns import Campaign, CampaignPerformance
 from within_db.models.ml_system import (
     SPLITS,
@@ -54,13 +55,11 @@ def register_model(name: str, task: str, description: str = "", owner: User | No
         raise ValidationError(f"task must be one of {', '.join(TASKS)}")
     if not name or not name.strip():
         raise ValidationError("model name is empty")
-    try:
-        with database.atomic():
-            now = now or utcnow()
-            return MLModel.create(name=name.strip(), task=task, description=description,
-                                  owner=owner, created_at=now, updated_at=now)
-    except peewee.IntegrityError:
-        raise ConflictError("a model with that name is already registered") from None
+    now = now or utcnow()
+    with conflict_on("ml_models_name",
+                     "a model with that name is already registered"), database.atomic():
+        return MLModel.create(name=name.strip(), task=task, description=description,
+                              owner=owner, created_at=now, updated_at=now)
 
 
 def _lock_model(model_id: int) -> MLModel:

@@ -20,9 +20,9 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from within_db.db import database, write_transaction
-from within_db.errors import ConflictError, NotFoundError, ValidationError
+from within_db.errors import NotFoundError, ValidationError
 from within_db.fields import normalise_email, utcnow
-from within_db.integrity import violation
+from within_db.integrity import conflict_on
 from within_db.models.users import (
     EMAIL_MAX_LENGTH,
     TOKEN_KINDS,
@@ -102,19 +102,14 @@ def create_user(email: str, password: str | None = None, *, full_name: str = "",
     elif not password_hash.startswith("$argon2id$"):
         raise ValidationError("password_hash must be an Argon2id hash from hash_password()")
     extra = {"created_at": created_at, "updated_at": created_at} if created_at else {}
-    try:
-        with write_transaction():
-            user = User.create(id=user_id or uuid.uuid4(), email=email, full_name=full_name,
-                               is_superuser=is_superuser, is_active=is_active, **extra)
-            UserProfile.create(user=user, display_name=full_name, **(profile or {}), **extra)
-            Credential.create(user=user, password_hash=password_hash,
-                              **({"changed_at": created_at} if created_at else {}))
-            record_event(actor, "user.created", target=user, created_at=created_at)
-    except peewee.IntegrityError as exc:
-        found = violation(exc, database.obj)
-        if found and found.name == "users_email":
-            raise ConflictError("a user with that email already exists") from None
-        raise
+    with conflict_on("users_email", "a user with that email already exists"), \
+            write_transaction():
+        user = User.create(id=user_id or uuid.uuid4(), email=email, full_name=full_name,
+                           is_superuser=is_superuser, is_active=is_active, **extra)
+        UserProfile.create(user=user, display_name=full_name, **(profile or {}), **extra)
+        Credential.create(user=user, password_hash=password_hash,
+                          **({"changed_at": created_at} if created_at else {}))
+        record_event(actor, "user.created", target=user, created_at=created_at)
     return user
 
 
@@ -267,12 +262,10 @@ def create_role(name: str, permissions: list[str] = (), description: str = "",
     """Create a role holding ``permissions`` (codenames, created as needed)."""
     now = now or utcnow()
     with write_transaction():
-        try:
-            with database.atomic():
-                role = Role.create(name=name, description=description, created_at=now,
-                                   updated_at=now)
-        except peewee.IntegrityError:
-            raise ConflictError("a role with that name already exists") from None
+        with conflict_on("roles_name", "a role with that name already exists"), \
+                database.atomic():
+            role = Role.create(name=name, description=description, created_at=now,
+                               updated_at=now)
         for codename in permissions:
             RolePermission.create(role=role, permission=ensure_permission(codename))
     return role
