@@ -22,7 +22,7 @@ def up(migrator, db):
             legacy_table_names = False
             table_name = 'users'
             constraints = [
-                Check("email = lower(trim(email)) AND replace(email, '@', '') <> email AND substr(email, 1, 1) <> '@' AND substr(email, length(email), 1) <> '@'", name='users_email_normalised_check'),
+                Check("email = lower(trim(email)) AND replace(email, '@', '') <> email AND ltrim(email, '@') = email AND rtrim(email, '@') = email", name='users_email_normalised_check'),
             ]
 
 
@@ -408,7 +408,7 @@ def up(migrator, db):
             legacy_table_names = False
             table_name = 'permissions'
             constraints = [
-                Check("codename = lower(codename) AND replace(codename, '.', '') <> codename AND substr(codename, 1, 1) <> '.' AND substr(codename, length(codename), 1) <> '.'", name='permissions_codename_format_check'),
+                Check("codename = lower(codename) AND replace(codename, '.', '') <> codename AND ltrim(codename, '.') = codename AND rtrim(codename, '.') = codename", name='permissions_codename_format_check'),
             ]
 
 

@@ -152,12 +152,13 @@ def currency_code(column: str = "currency") -> str:
 def separated_by(column: str, char: str) -> str:
     """Render a CHECK that ``column`` contains ``char`` neither first nor last.
 
-    Written without LIKE: a ``%`` in DDL text is a placeholder to psycopg2.
+    Written without LIKE (a ``%`` in DDL text is a placeholder to psycopg2) and without a
+    comma after a nested call, which playhouse's SQLite table-rebuild parser cannot split.
     """
     return (
         f"replace({column}, '{char}', '') <> {column} "
-        f"AND substr({column}, 1, 1) <> '{char}' "
-        f"AND substr({column}, length({column}), 1) <> '{char}'"
+        f"AND ltrim({column}, '{char}') = {column} "
+        f"AND rtrim({column}, '{char}') = {column}"
     )
 
 
