@@ -4,6 +4,7 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from playhouse.test_utils import count_queries
 
 from within_db.erd import schema_markdown
@@ -71,6 +72,14 @@ def test_all_models_are_in_dependency_order_with_explicit_snake_case_tables():
         assert name == name.lower() and "user" != name
     assert len(ALL_MODELS) == 31
     assert len({m._meta.table_name for m in ALL_MODELS}) == 31
+
+
+def test_check_helper_refuses_expressions_sqlite_rebuilds_cannot_parse():
+    from within_db.base import check
+
+    with pytest.raises(ValueError, match="cannot split"):
+        check("users", "bad", "substr(email, length(email), 1) <> '@'")
+    assert check("users", "fine", "rtrim(email, '@') = email")
 
 
 def test_every_foreign_key_states_on_delete():

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import peewee
+from playhouse.migrate import SqliteMigrator
 
 from within_db.db import database
 from within_db.fields import UTCDateTimeField, utcnow
@@ -124,8 +125,17 @@ class TimestampedModel(BaseModel):
 
 
 def check(table: str, rule: str, expression: str) -> peewee.NodeList:
-    """Return a CHECK constraint named ``<table>_<rule>_check``."""
-    return peewee.Check(expression, name=constraint_name(table, rule, "check"))
+    """Return a CHECK constraint named ``<table>_<rule>_check``.
+
+    Refuses (at import) an expression that playhouse's SQLite table rebuild cannot parse,
+    which would make every later ALTER of the table fail on SQLite.
+    """
+    name = constraint_name(table, rule, "check")
+    text = f'CONSTRAINT "{name}" CHECK ({expression})'
+    if len(SqliteMigrator.column_split_re.findall(text)) != 1:
+        raise ValueError(f"{name}: playhouse's SQLite rebuild cannot split this expression; "
+                         "avoid a comma after a nested call such as f(g(x), y)")
+    return peewee.Check(expression, name=name)
 
 
 def constraint_name(table: str, rule: str, suffix: str) -> str:
