@@ -14,7 +14,7 @@ import peewee
 from playhouse.migrate import SqliteMigrator
 
 from within_db.db import database
-from within_db.fields import UTCDateTimeField, utcnow
+from within_db.fields import UTCDateTimeField, storage_field, utcnow
 
 MAX_IDENTIFIER = 63  # PostgreSQL truncates longer names silently
 
@@ -28,8 +28,7 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, Decimal):
-        text = format(value.normalize(), "f")
-        return text
+        return format(value.normalize(), "f")
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):
@@ -45,7 +44,7 @@ def _uuid_text(value) -> str:
 
 def _json_converter(field: peewee.Field):
     """Return f(raw database value) -> the value ``to_dict()`` gives, or None for identity."""
-    target = field.rel_field if isinstance(field, peewee.ForeignKeyField) else field
+    target = storage_field(field)
     if isinstance(target, peewee.UUIDField):
         return _uuid_text
     if isinstance(target, peewee.BooleanField):

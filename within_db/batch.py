@@ -21,7 +21,7 @@ import psycopg2
 
 from within_db.db import backend, database
 from within_db.errors import BulkInsertError, ValidationError
-from within_db.fields import MoneyField, UTCDateTimeField, format_utc, to_micros
+from within_db.fields import MoneyField, UTCDateTimeField, format_utc, storage_field, to_micros
 from within_db.integrity import violation
 
 DEFAULT_BATCH = 10_000
@@ -34,13 +34,9 @@ def _insert_fields(model) -> list[peewee.Field]:
     return [f for f in model._meta.sorted_fields if not isinstance(f, peewee.AutoField)]
 
 
-def _storage_field(field: peewee.Field) -> peewee.Field:
-    return field.rel_field if isinstance(field, peewee.ForeignKeyField) else field
-
-
 def _converter(field: peewee.Field) -> Callable[[Any], Any] | None:
     """Return the to-storage conversion of a field, or None where values pass as they are."""
-    target = _storage_field(field)
+    target = storage_field(field)
     if isinstance(target, peewee.JSONField):
         return json.dumps
     if isinstance(target, UTCDateTimeField):
@@ -177,7 +173,7 @@ def _bool_text(value) -> str:
 
 def _copy_formatter(field: peewee.Field) -> Callable[[Any], str]:
     """Return value -> COPY text for the storage values ``_rows`` produced for ``field``."""
-    target = _storage_field(field)
+    target = storage_field(field)
     if isinstance(target, peewee.BooleanField):
         return _bool_text
     if isinstance(target, peewee.FloatField):
@@ -338,7 +334,7 @@ def _dict_builder(names: list[str], readers: dict[int, Callable]) -> Callable[[t
 
 def _reader(field: peewee.Field | None, default: Callable, pg: bool) -> Callable | None:
     """The cheapest exact conversion of a driver value for the hot loop (None: keep it)."""
-    target = _storage_field(field) if field is not None else None
+    target = storage_field(field) if field is not None else None
     if isinstance(target, UTCDateTimeField):
         return _as_utc if pg else dt.datetime.fromisoformat
     if isinstance(target, peewee.JSONField) and type(target).__module__ == "peewee":
@@ -355,7 +351,7 @@ def _as_utc(value: dt.datetime) -> dt.datetime:
 def _needs_conversion(field: peewee.Field | None) -> bool:
     if field is None:
         return True
-    target = _storage_field(field)
+    target = storage_field(field)
     # the drivers already return int, float and str for these plain peewee columns
     return not (type(target).__module__ == "peewee" and isinstance(target, _PASSTHROUGH)
                 and not isinstance(target, peewee.BooleanField))

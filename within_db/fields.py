@@ -18,6 +18,11 @@ MICROS = 1_000_000
 MAX_MICROS = 2**63 - 1  # a BIGINT column
 
 
+def storage_field(field: peewee.Field) -> peewee.Field:
+    """Return the field whose column type holds ``field``'s values (a foreign key's target)."""
+    return field.rel_field if isinstance(field, peewee.ForeignKeyField) else field
+
+
 def utcnow() -> dt.datetime:
     """Return the current time as an aware UTC datetime."""
     return dt.datetime.now(UTC)
@@ -66,7 +71,7 @@ class UTCDateTimeField(peewee.Field):
 
 def to_micros(value, name: str = "amount") -> int:
     """Convert a Decimal, int or numeric string of currency units to integer micros."""
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, (bool, float)):
         raise ValidationError(
             f"{name}: money must be a Decimal, int or numeric string, not {type(value).__name__}"
         )

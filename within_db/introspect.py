@@ -129,10 +129,10 @@ def _quote(name: str) -> str:
 def _describe_sqlite(db, name: str) -> Table:
     table = Table(name)
     q = _quote(name)
-    for _cid, col, ctype, notnull, default, pk in db.execute_sql(f"PRAGMA table_info({q})"):
+    info = db.execute_sql(f"PRAGMA table_info({q})").fetchall()
+    for _cid, col, ctype, notnull, default, pk in info:
         table.columns[col] = Column(col, ctype.upper(), not notnull and not pk, default)
-    pk_rows = [r for r in db.execute_sql(f"PRAGMA table_info({q})") if r[5]]
-    table.primary_key = tuple(r[1] for r in sorted(pk_rows, key=lambda r: r[5]))
+    table.primary_key = tuple(r[1] for r in sorted((r for r in info if r[5]), key=lambda r: r[5]))
     index_sql = dict(db.execute_sql(
         "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (name,)
     ).fetchall())

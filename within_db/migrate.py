@@ -198,11 +198,11 @@ def rows_at_risk(db: peewee.Database | None, plan: list[str], directory=None) ->
 
 def require_migrated(db: peewee.Database | None = None) -> None:
     """Raise NotMigratedError unless every shipped migration is applied."""
-    db = _db(db)
-    missing = pending(db)
+    states = status(_db(db))
+    missing = [m.name for m in states if not m.applied]
     if missing:
         raise NotMigratedError(
-            f"database {'has no schema' if len(missing) == len(status(db)) else 'is behind'}: "
+            f"database {'has no schema' if len(missing) == len(states) else 'is behind'}: "
             f"{len(missing)} migration(s) pending ({missing[0]}...); run `within-db migrate up`"
         )
 

@@ -68,9 +68,9 @@ def rows(db: peewee.Database, table: str, filters: list[tuple[str, str]] = (),
         introspect.require_table(db, table)
         live = introspect.describe(db, [table])[table]
         model = MODELS.get(table)
-        private = set(getattr(model._meta, "private_fields", ())) if model else set()
         fields = {f.column_name: f for f in model._meta.sorted_fields} if model else {}
-        shown = [c for c in live.columns if (fields.get(c) and fields[c].name) not in private]
+        public = {f.column_name for f in model.public_fields()} if model else set(live.columns)
+        shown = [c for c in live.columns if c in public]
         source = peewee.Table(table).bind(db)
         query = source.select(*[peewee.Column(source, c) for c in shown])
         for column, value in filters:

@@ -22,7 +22,7 @@ from within_db.errors import (
     NotFoundError,
     ValidationError,
 )
-from within_db.fields import MoneyField, UTCDateTimeField, utcnow
+from within_db.fields import MoneyField, UTCDateTimeField, storage_field, utcnow
 from within_db.integrity import conflict_on
 from within_db.models.campaigns import Campaign, CampaignPerformance
 from within_db.models.ml_system import (
@@ -245,7 +245,7 @@ def training_rows(start: dt.date, end: dt.date, platforms: list[str] | None = No
 
 
 def _dtype_of(field: peewee.Field) -> str | None:
-    target = field.rel_field if isinstance(field, peewee.ForeignKeyField) else field
+    target = storage_field(field)
     if isinstance(target, MoneyField):
         return "float64"  # units as floats for modelling; query directly for exact Decimal
     if isinstance(target, UTCDateTimeField):
