@@ -6,11 +6,12 @@ import textwrap
 import peewee
 import pytest
 
-from within_db import introspect, migrate
+from within_db import migrate
 from within_db.errors import MigrationError, NotMigratedError
 from within_db.models import ALL_MODELS
 from within_db.models.campaigns import Campaign
 from within_db.models.users import User
+from within_db.schema import drift, introspect
 
 SHIPPED = sorted(p.stem for p in migrate.migrations_dir().glob("[0-9]*.py"))
 
@@ -53,7 +54,7 @@ def test_require_migrated_says_what_to_run(fresh_db):
 
 
 def test_migrations_build_the_same_schema_as_the_models(session_db):
-    assert migrate.check(session_db) == []
+    assert drift.check(session_db) == []
 
 
 def test_check_reports_model_changes(session_db):
@@ -64,7 +65,7 @@ def test_check_reports_model_changes(session_db):
     name_field = Campaign._meta.fields["name"]
     name_field.null = True
     try:
-        diffs = migrate.check(session_db)
+        diffs = drift.check(session_db)
     finally:
         User._meta.remove_field("nickname")
         Campaign._meta.constraints.pop()
@@ -73,7 +74,7 @@ def test_check_reports_model_changes(session_db):
     assert "users: column nickname in models, missing from migrations" in text
     assert "campaigns: check campaigns_name_length_check in models" in text
     assert "campaigns: column name differs" in text
-    assert migrate.check(session_db) == []
+    assert drift.check(session_db) == []
 
 
 def _copy_migrations(tmp_path, extra: dict[str, str]):
@@ -163,7 +164,7 @@ def test_alter_keeps_rows_and_foreign_keys(fresh_db, tmp_path):
             Campaign.delete().execute()  # the cascade still works after the rebuild
         assert fresh_db.execute_sql("SELECT count(*) FROM ads").fetchone()[0] == 0
     assert migrate.downgrade(fresh_db, directory=folder) == ["0900_priority"]
-    assert migrate.check(fresh_db) == []
+    assert drift.check(fresh_db) == []
 
 
 def test_missing_file_for_an_applied_migration(fresh_db, tmp_path):
@@ -209,15 +210,15 @@ def test_generate_writes_a_migration_that_closes_the_drift(fresh_db, tmp_path):
     models = [*ALL_MODELS, Note]
     User._meta.add_field("nickname", peewee.CharField(null=True))
     try:
-        assert migrate.check(fresh_db, models=models, directory=folder)
-        path = migrate.generate("add notes", fresh_db, models=models, directory=folder)
+        assert drift.check(fresh_db, models=models, directory=folder)
+        path = drift.generate("add notes", fresh_db, models=models, directory=folder)
         assert path.endswith("0003_add_notes.py")
         source = open(path).read()
         assert "notes_body_not_empty_check" in source and "nickname" in source
         assert migrate.upgrade(fresh_db, directory=folder) == ["0003_add_notes"]
-        assert migrate.check(fresh_db, models=models, directory=folder) == []
+        assert drift.check(fresh_db, models=models, directory=folder) == []
         with pytest.raises(MigrationError, match="nothing to generate"):
-            migrate.generate("again", fresh_db, models=models, directory=folder)
+            drift.generate("again", fresh_db, models=models, directory=folder)
         assert migrate.downgrade(fresh_db, directory=folder) == ["0003_add_notes"]
     finally:
         User._meta.remove_field("nickname")

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from playhouse.test_utils import count_queries
 
-from within_db.erd import schema_markdown
 from within_db.models import ALL_MODELS
 from within_db.models.analytics import (
     DashboardWidget,
@@ -44,6 +43,7 @@ from within_db.models.users import (
     UserProfile,
     UserRole,
 )
+from within_db.schema.erd import schema_markdown
 
 from .helpers import (
     make_ad,

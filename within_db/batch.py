@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from typing import Any
 
 import peewee
-import psycopg2
 
-from within_db.db import backend, database
+from within_db.db import BulkLoadFailed, bound
 from within_db.errors import BulkInsertError, ValidationError
 from within_db.fields import MoneyField, UTCDateTimeField, format_utc, storage_field, to_micros
 from within_db.integrity import violation
@@ -103,56 +101,27 @@ def bulk_insert(model, rows: Iterable[dict | tuple], batch_size: int | None = No
     transaction, or none: a constraint violation raises BulkInsertError naming the 0-based
     row position and the constraint. Returns the count.
     """
-    db = database.obj
+    db = bound()
     all_fields = _insert_fields(model)
     tuple_fields = fields or [f.name for f in all_fields]
     unknown = set(tuple_fields) - {f.name for f in all_fields}
     if unknown:
         raise ValidationError(f"unknown fields for {model.__name__}: {', '.join(sorted(unknown))}")
     batch_size = batch_size or DEFAULT_BATCH
-    stream = _rows(all_fields, rows, tuple_fields)
-    if backend(db) == "postgres":
-        return _copy(db, model, all_fields, stream, batch_size)
-    return _executemany(db, model, all_fields, stream)
+    formatters = [_copy_formatter(f) for f in all_fields]
+    try:
+        return db.bulk_load(model._meta.table_name, [f.column_name for f in all_fields],
+                            _rows(all_fields, rows, tuple_fields), formatters, batch_size)
+    except BulkLoadFailed as exc:
+        raise _failed(db, exc) from None
 
 
-def _chunks(iterator: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
-    while True:
-        chunk = []
-        for row in iterator:
-            chunk.append(row)
-            if len(chunk) >= size:
-                break
-        if not chunk:
-            return
-        yield chunk
-
-
-def _executemany(db, model, fields, stream) -> int:
-    table = model._meta.table_name.replace('"', '""')
-    columns = ", ".join('"' + f.column_name.replace('"', '""') + '"' for f in fields)
-    sql = f'INSERT INTO "{table}" ({columns}) VALUES ({", ".join("?" * len(fields))})'  # noqa: S608
-    last = [-1]
-
-    def counted():
-        # sqlite3 binds and steps one row per item drawn, so the last index drawn is the
-        # row that failed.
-        for last[0], row in enumerate(stream):
-            yield row
-
-    with db.atomic():
-        cursor = db.connection().cursor()
-        try:
-            cursor.executemany(sql, counted())
-        except peewee.sqlite3.IntegrityError as exc:
-            raise _failed(db, peewee.IntegrityError(*exc.args), last[0]) from None
-        finally:
-            cursor.close()
-    return last[0] + 1
-
-
-def _failed(db, exc: peewee.IntegrityError, position: int) -> BulkInsertError:
-    found = violation(exc, db)
+def _failed(db, exc: BulkLoadFailed) -> BulkInsertError:
+    position = exc.position
+    if exc.integrity is None:
+        return BulkInsertError(f"row {position} has a value of the wrong type or size for its "
+                               "column; nothing was written", position=position)
+    found = violation(exc.integrity, db)
     name = (found.name or found.kind) if found else "a constraint"
     return BulkInsertError(f"row {position} violates {name}; nothing was written",
                            position=position, constraint=name)
@@ -198,67 +167,6 @@ def _copy_text(value: Any) -> str:
     return _escape(str(value))
 
 
-class _CopySource:
-    """A file-like object producing COPY text from row tuples, one chunk at a time."""
-
-    def __init__(self, chunks: Iterator[list[tuple]], formatters: list[Callable[[Any], str]]):
-        self.chunks = chunks
-        self.formatters = formatters
-        self.buffer = ""
-        self.rows = 0
-        self.error: BulkInsertError | None = None
-
-    def read(self, size: int = -1) -> str:
-        while size < 0 or len(self.buffer) < size:
-            try:
-                chunk = next(self.chunks, None)
-            except BulkInsertError as exc:
-                self.error = exc  # psycopg2 replaces it with QueryCanceled; _copy restores it
-                raise
-            if chunk is None:
-                break
-            self.rows += len(chunk)
-            fmts = self.formatters
-            self.buffer += "".join(
-                "\t".join(["\\N" if v is None else f(v) for f, v in zip(fmts, row, strict=True)])
-                + "\n"
-                for row in chunk)
-        if size < 0:
-            out, self.buffer = self.buffer, ""
-        else:
-            out, self.buffer = self.buffer[:size], self.buffer[size:]
-        return out
-
-    readline = read
-
-
-_COPY_LINE = re.compile(r"COPY \S+, line (\d+)")
-
-
-def _copy(db, model, fields, stream, batch_size) -> int:
-    columns = ", ".join('"' + f.column_name.replace('"', '""') + '"' for f in fields)
-    table = model._meta.table_name.replace('"', '""')
-    sql = f'COPY "{table}" ({columns}) FROM STDIN'
-    source = _CopySource(_chunks(stream, batch_size), [_copy_formatter(f) for f in fields])
-    try:
-        with db.atomic():
-            with db.connection().cursor() as cursor:
-                cursor.copy_expert(sql, source, size=1 << 16)
-    except psycopg2.Error as exc:
-        if source.error is not None:
-            raise source.error from None
-        context = getattr(exc.diag, "context", None) or ""
-        match = _COPY_LINE.search(context)
-        position = int(match.group(1)) - 1 if match else -1
-        if isinstance(exc, psycopg2.IntegrityError):
-            raise _failed(db, peewee.IntegrityError(exc), position) from None
-        if isinstance(exc, psycopg2.DataError):
-            raise BulkInsertError(f"row {position} has a value of the wrong type or size for "
-                                  "its column; nothing was written", position=position) from None
-        raise
-    return source.rows
-
-
 # -- streaming reads ------------------------------------------------------------------------
 
 
@@ -269,31 +177,13 @@ def stream(query: peewee.SelectBase, chunk_size: int = DEFAULT_CHUNK) -> Iterato
     transaction (opened here if the caller has none; psycopg2's named cursors would need
     WITH HOLD, which builds the whole result first), SQLite through its lazy cursor.
     """
-    db = database.obj
+    db = bound()
     sql, params = query.sql()
-    if backend(db) != "postgres":
-        cursor = db.execute_sql(sql, params)
-        yield from _convert(query, cursor, cursor.fetchmany, chunk_size)
-        return
-    name = f"within_stream_{uuid.uuid4().hex}"
-    with db.atomic():
-        cursor = db.connection().cursor()
-        cursor.execute(f'DECLARE "{name}" NO SCROLL CURSOR FOR {sql}', params)
-
-        def fetch(n):
-            cursor.execute(f'FETCH FORWARD {int(n)} FROM "{name}"')
-            return cursor.fetchall()
-
-        try:
-            yield from _convert(query, cursor, fetch, chunk_size)
-        finally:
-            if not cursor.closed and db.connection().get_transaction_status() == \
-                    psycopg2.extensions.TRANSACTION_STATUS_INTRANS:
-                cursor.execute(f'CLOSE "{name}"')
-            cursor.close()
+    with db.streaming_cursor(sql, params) as (cursor, fetch):
+        yield from _convert(db, query, cursor, fetch, chunk_size)
 
 
-def _convert(query, cursor, fetchmany, chunk_size) -> Iterator[Any]:
+def _convert(db, query, cursor, fetchmany, chunk_size) -> Iterator[Any]:
     chunk = fetchmany(chunk_size)
     if not chunk:
         return
@@ -307,8 +197,7 @@ def _convert(query, cursor, fetchmany, chunk_size) -> Iterator[Any]:
             chunk = fetchmany(chunk_size)
         return
     # dicts, the common ML case: convert only columns whose driver value needs it
-    pg = backend(database.obj) == "postgres"
-    readers = {i: _reader(wrapper.fields[i], conv, pg)
+    readers = {i: _reader(wrapper.fields[i], conv, db)
                for i, conv in enumerate(wrapper.converters)
                if conv is not None and _needs_conversion(wrapper.fields[i])}
     build = _dict_builder(wrapper.unique_columns, {i: r for i, r in readers.items() if r})
@@ -332,13 +221,13 @@ def _dict_builder(names: list[str], readers: dict[int, Callable]) -> Callable[[t
     return eval("lambda r: {" + ", ".join(items) + "}", env)  # noqa: S307
 
 
-def _reader(field: peewee.Field | None, default: Callable, pg: bool) -> Callable | None:
+def _reader(field: peewee.Field | None, default: Callable, db) -> Callable | None:
     """The cheapest exact conversion of a driver value for the hot loop (None: keep it)."""
     target = storage_field(field) if field is not None else None
     if isinstance(target, UTCDateTimeField):
-        return _as_utc if pg else dt.datetime.fromisoformat
+        return _as_utc if db.native_datetimes else dt.datetime.fromisoformat
     if isinstance(target, peewee.JSONField) and type(target).__module__ == "peewee":
-        return None if pg else json.loads  # psycopg2 decodes jsonb itself
+        return None if db.native_json else json.loads
     if isinstance(target, peewee.UUIDField) and not isinstance(field, peewee.ForeignKeyField):
         return uuid.UUID
     return default

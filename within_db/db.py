@@ -7,11 +7,15 @@ URL redaction lives here too; nothing in this module ever prints a password.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import sqlite3
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import peewee
@@ -55,12 +59,7 @@ class _Proxy(peewee.DatabaseProxy):
     """A DatabaseProxy whose misuse before ``connect()`` says what to do."""
 
     def __getattr__(self, attr):
-        if self.obj is None:
-            raise NotConnectedError(
-                "no database is bound: call within_db.connect(url) first "
-                f"(accepted schemes: {', '.join(SCHEMES)})"
-            )
-        return getattr(self.obj, attr)
+        return getattr(bound(self.obj), attr)
 
     def __enter__(self):
         return self.__getattr__("__enter__")()
@@ -96,8 +95,42 @@ class _Redacted:
         return f"<{type(self).__name__} {redact_url(self.url)}>"
 
 
+class BulkLoadFailed(Exception):
+    """Raised by ``bulk_load``: row ``position`` (0-based, -1 unknown) was refused.
+
+    ``integrity`` holds the IntegrityError when a constraint refused the row; otherwise a value
+    did not fit its column. ``within_db.batch`` turns it into BulkInsertError.
+    """
+
+    def __init__(self, position: int, integrity: peewee.IntegrityError | None = None):
+        super().__init__(position)
+        self.position = position
+        self.integrity = integrity
+
+
+class BrokenForeignKeys(Exception):
+    """A migration step left rows whose foreign keys point nowhere (checked on SQLite)."""
+
+    def __init__(self, tables: list[str]):
+        super().__init__(tables)
+        self.tables = tables
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 class SqliteDatabase(_Redacted, peewee.SqliteDatabase):
-    """peewee's SqliteDatabase with within_db's column types and a race-free WAL switch."""
+    """peewee's SqliteDatabase with within_db's column types and a race-free WAL switch.
+
+    Every operation that differs between the backends is a method here and on the PostgreSQL
+    classes (the way playhouse picks a SchemaMigrator once); callers never ask the backend.
+    """
+
+    kind = "sqlite"
+    #: the driver returns JSON and instants as text
+    native_json = False
+    native_datetimes = False
 
     def _set_pragmas(self, conn):
         cursor = conn.cursor()
@@ -126,9 +159,166 @@ class SqliteDatabase(_Redacted, peewee.SqliteDatabase):
                     raise
                 time.sleep(0.05)
 
+    # -- transactions and locks ----------------------------------------------------------------
 
-class _ClearConnectErrors:
-    """Mixin: turn the driver's connect failure into DatabaseUnavailableError."""
+    def write_transaction(self) -> Any:
+        """Return a transaction that holds the write lock from its first statement.
+
+        A top-level transaction starts IMMEDIATE, so a read-then-write sequence never fails on
+        lock upgrade; a nested call joins the caller's transaction.
+        """
+        return self.atomic() if self.in_transaction() else self.atomic("IMMEDIATE")
+
+    def lock_rows(self, query: peewee.SelectQuery) -> peewee.SelectQuery:
+        """Return ``query`` unchanged: a write transaction already excludes other writers."""
+        return query
+
+    @contextlib.contextmanager
+    def serialised(self, key: int) -> Iterator[None]:
+        """Run the block in a write transaction, which excludes every other writer."""
+        with self.write_transaction():
+            yield
+
+    # -- migrations ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def migration_lock(self, key: int) -> Iterator[None]:
+        """Hold the file's write lock while a migration runner works."""
+        # SQLite ignores this pragma inside a transaction, and a table rebuild with foreign
+        # keys on would cascade: switch it off first, check the keys before each commit.
+        self.pragma("foreign_keys", 0)
+        try:
+            with self.atomic("IMMEDIATE") as txn:
+                try:
+                    yield
+                except BaseException:
+                    txn.commit()  # keep the migrations that succeeded before the failure
+                    raise
+        finally:
+            self.pragma("foreign_keys", 1)
+
+    @contextlib.contextmanager
+    def migration_step(self) -> Iterator[None]:
+        """Run one migration in a savepoint; BrokenForeignKeys (rolled back) if it broke keys."""
+        with self.atomic():
+            yield
+            broken = self.execute_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise BrokenForeignKeys(sorted({row[0] for row in broken}))
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[peewee.Database]:
+        """Yield an empty in-memory database for the drift check."""
+        scratch = make_database("sqlite:///:memory:")
+        with scratch.connection_context():
+            yield scratch
+
+    def table_names(self) -> list[str]:
+        """Return the names of the tables, sorted (SQLite's own left out)."""
+        sql = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        return sorted(row[0] for row in self.execute_sql(sql).fetchall())
+
+    # -- bulk and streaming paths --------------------------------------------------------------
+
+    def bulk_load(self, table: str, columns: list[str], rows: Iterable[tuple],
+                  formatters: list[Callable[[Any], str]], batch_size: int) -> int:
+        """Insert storage-ready tuples in one transaction with ``executemany``; return the count.
+
+        ``formatters`` and ``batch_size`` serve COPY and are unused here. Raises BulkLoadFailed
+        naming the refused row; nothing is then written.
+        """
+        names = ", ".join(_quote(c) for c in columns)
+        sql = f"INSERT INTO {_quote(table)} ({names}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608 - model names, quoted
+        last = [-1]
+
+        def counted() -> Iterator[tuple]:
+            # sqlite3 binds and steps one row per item drawn, so the last index drawn is the
+            # row that failed.
+            for last[0], row in enumerate(rows):
+                yield row
+
+        with self.atomic():
+            cursor = self.connection().cursor()
+            try:
+                cursor.executemany(sql, counted())
+            except sqlite3.IntegrityError as exc:
+                raise BulkLoadFailed(last[0], peewee.IntegrityError(*exc.args)) from None
+            finally:
+                cursor.close()
+        return last[0] + 1
+
+    @contextlib.contextmanager
+    def streaming_cursor(self, sql: str, params: Any) -> Iterator[tuple[Any, Callable]]:
+        """Yield ``(cursor, fetchmany)`` over the query's rows; SQLite's cursor is lazy."""
+        cursor = self.execute_sql(sql, params)
+        try:
+            yield cursor, cursor.fetchmany
+        finally:
+            cursor.close()
+
+    def date_text(self, column: Any, grain: str) -> Any:
+        """Return ``column`` truncated to ``grain`` (day, week, month) as ``YYYY-MM-DD`` text."""
+        if grain == "day":
+            return peewee.fn.date(column)
+        if grain == "week":
+            return peewee.fn.date(column, "weekday 0", "-6 days")
+        return peewee.fn.strftime("%Y-%m-01", column)
+
+
+_COPY_LINE = re.compile(r"COPY \S+, line (\d+)")
+
+
+class _CopySource:
+    """A file-like object producing COPY text from row tuples, ``batch_size`` rows at a time."""
+
+    def __init__(self, rows: Iterable[tuple], formatters: list[Callable[[Any], str]],
+                 batch_size: int):
+        self.rows = iter(rows)
+        self.formatters = formatters
+        self.batch_size = batch_size
+        self.buffer = ""
+        self.count = 0
+        self.error: Exception | None = None
+
+    def _chunk(self) -> list[tuple]:
+        chunk = []
+        for row in self.rows:
+            chunk.append(row)
+            if len(chunk) >= self.batch_size:
+                break
+        return chunk
+
+    def read(self, size: int = -1) -> str:
+        while size < 0 or len(self.buffer) < size:
+            try:
+                chunk = self._chunk()
+            except Exception as exc:
+                self.error = exc  # psycopg2 replaces it with QueryCanceled; bulk_load restores it
+                raise
+            if not chunk:
+                break
+            self.count += len(chunk)
+            fmts = self.formatters
+            self.buffer += "".join(
+                "\t".join(["\\N" if v is None else f(v) for f, v in zip(fmts, row, strict=True)])
+                + "\n"
+                for row in chunk)
+        if size < 0:
+            out, self.buffer = self.buffer, ""
+        else:
+            out, self.buffer = self.buffer[:size], self.buffer[size:]
+        return out
+
+    readline = read
+
+
+class _PostgresBackend:
+    """Mixin: what PostgreSQL does differently, shared by the plain and the pooled class."""
+
+    kind = "postgres"
+    #: psycopg2 decodes jsonb and returns aware datetimes for TIMESTAMPTZ
+    native_json = True
+    native_datetimes = True
 
     def _connect(self):
         try:
@@ -136,12 +326,115 @@ class _ClearConnectErrors:
         except psycopg2.OperationalError as exc:
             raise _unavailable(self, exc) from exc
 
+    def write_transaction(self) -> Any:
+        """Return a plain transaction (row locks do the rest); a nested call joins the caller's."""
+        return self.atomic()
 
-class PostgresDatabase(_Redacted, _ClearConnectErrors, PostgresqlExtDatabase):
+    def lock_rows(self, query: peewee.SelectQuery) -> peewee.SelectQuery:
+        """Return ``query`` with FOR UPDATE: its rows stay locked until the transaction ends."""
+        return query.for_update()
+
+    @contextlib.contextmanager
+    def serialised(self, key: int) -> Iterator[None]:
+        """Run the block in a transaction holding advisory lock ``key`` until it ends."""
+        with self.atomic():
+            self.execute_sql("SELECT pg_advisory_xact_lock(%s)", (key,))
+            yield
+
+    @contextlib.contextmanager
+    def migration_lock(self, key: int) -> Iterator[None]:
+        """Hold session advisory lock ``key`` while a migration runner works."""
+        self.execute_sql("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            yield
+        finally:
+            self.execute_sql("SELECT pg_advisory_unlock(%s)", (key,))
+
+    @contextlib.contextmanager
+    def migration_step(self) -> Iterator[None]:
+        """Nothing to add: PostgreSQL checks foreign keys as each statement runs."""
+        yield
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[peewee.Database]:
+        """Yield an empty database of the same server: a temporary schema, dropped after."""
+        schema = f"within_scratch_{uuid.uuid4().hex[:12]}"
+        with self.connection_context():
+            self.execute_sql(f'CREATE SCHEMA "{schema}"')
+        try:
+            scratch = make_database(self.url, options=f"-c search_path={schema}")
+            with scratch.connection_context():
+                yield scratch
+        finally:
+            with self.connection_context():
+                self.execute_sql(f'DROP SCHEMA "{schema}" CASCADE')
+
+    def table_names(self) -> list[str]:
+        """Return the names of the tables in the current schema, sorted."""
+        sql = ("SELECT table_name FROM information_schema.tables "
+               "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'")
+        return sorted(row[0] for row in self.execute_sql(sql).fetchall())
+
+    def bulk_load(self, table: str, columns: list[str], rows: Iterable[tuple],
+                  formatters: list[Callable[[Any], str]], batch_size: int) -> int:
+        """Stream the tuples through ``COPY ... FROM STDIN`` in one transaction; return the count.
+
+        ``formatters`` turn values into COPY text; ``batch_size`` rows are serialised per
+        buffer. Raises BulkLoadFailed naming the refused row; nothing is then written.
+        """
+        sql = f"COPY {_quote(table)} ({', '.join(_quote(c) for c in columns)}) FROM STDIN"
+        source = _CopySource(rows, formatters, batch_size)
+        try:
+            with self.atomic():
+                with self.connection().cursor() as cursor:
+                    cursor.copy_expert(sql, source, size=1 << 16)
+        except psycopg2.Error as exc:
+            if source.error is not None:
+                raise source.error from None
+            context = getattr(exc.diag, "context", None) or ""
+            match = _COPY_LINE.search(context)
+            position = int(match.group(1)) - 1 if match else -1
+            if isinstance(exc, psycopg2.IntegrityError):
+                raise BulkLoadFailed(position, peewee.IntegrityError(exc)) from None
+            if isinstance(exc, psycopg2.DataError):
+                raise BulkLoadFailed(position) from None
+            raise
+        return source.count
+
+    @contextlib.contextmanager
+    def streaming_cursor(self, sql: str, params: Any) -> Iterator[tuple[Any, Callable]]:
+        """Yield ``(cursor, fetch)`` over a server-side cursor declared in a transaction.
+
+        psycopg2's named cursors would need WITH HOLD outside a transaction, which builds the
+        whole result first; a DECLAREd cursor inside one streams rows as they are produced.
+        """
+        name = f"within_stream_{uuid.uuid4().hex}"
+        with self.atomic():
+            cursor = self.connection().cursor()
+            cursor.execute(f'DECLARE "{name}" NO SCROLL CURSOR FOR {sql}', params)
+
+            def fetch(n: int) -> list:
+                cursor.execute(f'FETCH FORWARD {int(n)} FROM "{name}"')
+                return cursor.fetchall()
+
+            try:
+                yield cursor, fetch
+            finally:
+                if not cursor.closed and self.connection().get_transaction_status() == \
+                        psycopg2.extensions.TRANSACTION_STATUS_INTRANS:
+                    cursor.execute(f'CLOSE "{name}"')
+                cursor.close()
+
+    def date_text(self, column: Any, grain: str) -> Any:
+        """Return ``column`` truncated to ``grain`` (day, week, month) as ``YYYY-MM-DD`` text."""
+        return peewee.fn.to_char(peewee.fn.date_trunc(grain, column), "YYYY-MM-DD")
+
+
+class PostgresDatabase(_Redacted, _PostgresBackend, PostgresqlExtDatabase):
     """PostgreSQL through psycopg2 with real server-side cursors and a clear connect error."""
 
 
-class PooledPostgresDatabase(_Redacted, _ClearConnectErrors, PooledPostgresqlExtDatabase):
+class PooledPostgresDatabase(_Redacted, _PostgresBackend, PooledPostgresqlExtDatabase):
     """The pooled variant of :class:`PostgresDatabase`."""
 
 
@@ -262,23 +555,26 @@ def get_db() -> Iterator[peewee.Database]:
             db.close()
 
 
-def write_transaction(db: peewee.Database | None = None):
+def bound(db: peewee.Database | None = None) -> Any:
+    """Return ``db``, else the database the proxy is bound to; NotConnectedError if neither."""
+    db = db if db is not None else database.obj
+    if db is None:
+        raise NotConnectedError(
+            "no database is bound: call within_db.connect(url) first "
+            f"(accepted schemes: {', '.join(SCHEMES)})"
+        )
+    return db
+
+
+def write_transaction(db: peewee.Database | None = None) -> Any:
     """Return a transaction that holds the write lock from its first statement.
 
     On SQLite a top-level transaction starts IMMEDIATE, so a read-then-write sequence never
     fails on lock upgrade; nested calls (and PostgreSQL) get a plain ``atomic()``.
     """
-    db = db if db is not None else database.obj
-    if db is None:
-        database.__getattr__("atomic")
-    if backend(db) == "sqlite" and not db.in_transaction():
-        return db.atomic("IMMEDIATE")
-    return db.atomic()
+    return bound(db).write_transaction()
 
 
 def backend(db: peewee.Database | None = None) -> str:
     """Return ``"sqlite"`` or ``"postgres"`` for ``db`` (default: the bound database)."""
-    db = db if db is not None else database.obj
-    if db is None:
-        database.__getattr__("backend")
-    return "postgres" if isinstance(db, peewee.PostgresqlDatabase) else "sqlite"
+    return bound(db).kind

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from within_db import introspect
 from within_db import migrate as migrations
 from within_db.cli.output import format_option, note, render, resolve
-from within_db.erd import mermaid, schema_markdown
 from within_db.models import ALL_MODELS
-from within_db.services import browse
+from within_db.schema import introspect
+from within_db.schema import rows as browse
+from within_db.schema.erd import mermaid, schema_markdown
 from within_db.services.campaigns import get_user_campaigns
 from within_db.services.users import find_user, role_names
 

@@ -9,6 +9,7 @@ import click
 from within_db import migrate as api
 from within_db.cli.output import format_option, note, render
 from within_db.errors import MigrationError
+from within_db.schema import drift
 
 
 @click.group()
@@ -128,7 +129,7 @@ def generate(settings, name) -> None:
     Example:
       within-db migrate generate add_campaign_priority
     """
-    click.echo(api.generate(name, settings.database(), directory=settings.migrations))
+    click.echo(drift.generate(name, settings.database(), directory=settings.migrations))
 
 
 @migrate.command()
@@ -143,7 +144,7 @@ def check(settings) -> None:
     Example:
       within-db --database-url postgresql://root@127.0.0.1:5432/test migrate check
     """
-    differences = api.check(settings.database(), directory=settings.migrations)
+    differences = drift.check(settings.database(), directory=settings.migrations)
     for line in differences:
         click.echo(line)
     if differences:

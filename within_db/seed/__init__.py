@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import peewee
 
-from within_db import introspect, migrate
+from within_db import migrate
 from within_db.db import write_transaction
 from within_db.errors import ValidationError
 from within_db.models import ALL_MODELS
@@ -52,7 +52,7 @@ def run_seed(db: peewee.Database, scale: str | Scale = "small", seed: int = DEFA
     started = time.perf_counter()
     if reset:
         with db.connection_context():
-            tables = set(introspect.table_names(db))
+            tables = set(db.table_names())
         if migrate.HISTORY_TABLE in tables and migrate.head(db):
             migrate.downgrade(db, target=migrate.status(db)[0].name)
     migrate.upgrade(db)

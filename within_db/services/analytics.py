@@ -20,7 +20,7 @@ import peewee
 from cronsim import CronSim, CronSimError
 
 from within_db.base import jsonable
-from within_db.db import backend, database, write_transaction
+from within_db.db import bound, database, write_transaction
 from within_db.errors import (
     ConflictError,
     NotFoundError,
@@ -147,9 +147,7 @@ def _place(dashboard_id: int, box: tuple[int, int, int, int], ignore: int | None
         raise ValidationError(f"a widget must fit the {GRID_COLUMNS}-column grid "
                               "(x >= 0, y >= 0, width and height >= 1, x + width <= 12)")
     lock = Dashboard.select(Dashboard.id).where(Dashboard.id == dashboard_id)
-    if backend(database.obj) == "postgres":
-        lock = lock.for_update()
-    if lock.first() is None:
+    if bound().lock_rows(lock).first() is None:
         raise NotFoundError("no such dashboard")
     others = DashboardWidget.select().where(DashboardWidget.dashboard == dashboard_id)
     for other in others:

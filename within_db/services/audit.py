@@ -16,7 +16,7 @@ from typing import Any
 
 import peewee
 
-from within_db.db import backend, database, write_transaction
+from within_db.db import bound
 from within_db.fields import format_utc, utcnow
 from within_db.models.users import AuditLog, User
 
@@ -57,10 +57,7 @@ def record_event(actor: User | uuid.UUID | str | None, action: str, target: Any 
     target_type, target_id = _target(target)
     metadata = json.loads(json.dumps(metadata or {}))  # exactly what will read back
     created_at = created_at or utcnow()
-    db = database.obj
-    with write_transaction(db):
-        if backend(db) == "postgres":
-            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK_KEY,))
+    with bound().serialised(AUDIT_LOCK_KEY):
         last = (AuditLog.select(AuditLog.row_hash).order_by(AuditLog.id.desc()).limit(1)
                 .scalar())
         prev = last or GENESIS

@@ -14,7 +14,7 @@ from typing import Any
 import peewee
 
 from within_db import batch
-from within_db.db import backend, database, write_transaction
+from within_db.db import bound, database, write_transaction
 from within_db.errors import (
     ConfigurationError,
     ConflictError,
@@ -63,10 +63,7 @@ def register_model(name: str, task: str, description: str = "", owner: User | No
 
 
 def _lock_model(model_id: int) -> MLModel:
-    query = MLModel.select().where(MLModel.id == model_id)
-    if backend(database.obj) == "postgres":
-        query = query.for_update()
-    found = query.first()
+    found = bound().lock_rows(MLModel.select().where(MLModel.id == model_id)).first()
     if found is None:
         raise NotFoundError("no such registered model")
     return found

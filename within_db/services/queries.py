@@ -17,7 +17,7 @@ from typing import Any
 import peewee
 from peewee import SQL, fn
 
-from within_db.db import backend, database
+from within_db.db import bound
 from within_db.errors import ValidationError
 from within_db.models.campaigns import Ad, AdMetric, Campaign, CampaignPerformance, SpendRecord
 from within_db.models.ml_system import MLModel, ModelMetric, ModelVersion, PredictionLog
@@ -178,15 +178,6 @@ def validate_definition(definition: Any) -> dict:
     return definition
 
 
-def _date_expr(column: peewee.Field, grain: str, pg: bool):
-    # both render the truncated day as ISO text, so results compare equal across backends
-    if pg:
-        return fn.to_char(fn.date_trunc(grain, column), "YYYY-MM-DD")
-    if grain == "day":
-        return fn.date(column)
-    if grain == "week":
-        return fn.date(column, "weekday 0", "-6 days")
-    return fn.strftime("%Y-%m-01", column)
 
 
 def _value(value: Any, params: dict) -> Any:
@@ -261,15 +252,15 @@ def compile_definition(definition: dict, params: dict | None = None,
                        db: peewee.Database | None = None):
     """Return ``(query, converters)`` for a validated definition. Builds no SQL text."""
     validate_definition(definition)
-    db = db if db is not None else database.obj
-    pg = backend(db) == "postgres"
+    db = bound(db)
     ds = DATASETS[definition["dataset"]]
     params = params or {}
     selected, group_by, converters = [], [], {}
     for d in definition.get("dimensions", []):
         grain = _grain(d)
         if grain:
-            expr = _date_expr(ds.date, grain, pg)
+            # both render the truncated day as ISO text, so results compare equal
+            expr = db.date_text(ds.date, grain)
             converters[d] = _to_date
         else:
             expr = ds.dimensions[d]

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import peewee
 
-from within_db.db import backend
 from within_db.errors import ValidationError
 
 
@@ -64,19 +63,13 @@ class Table:
 
 def table_names(db: peewee.Database) -> list[str]:
     """Return the database's table names (current schema on PostgreSQL), sorted."""
-    if backend(db) == "postgres":
-        sql = ("SELECT table_name FROM information_schema.tables "
-               "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'")
-    else:
-        sql = ("SELECT name FROM sqlite_master WHERE type = 'table' "
-               "AND name NOT LIKE 'sqlite_%'")  # noqa: S608 - constant text
-    return sorted(row[0] for row in db.execute_sql(sql).fetchall())
+    return db.table_names()
 
 
 def describe(db: peewee.Database, tables: list[str] | None = None) -> dict[str, Table]:
     """Return the live schema of ``tables`` (default: all) keyed by table name."""
     names = table_names(db) if tables is None else tables
-    reader = _describe_postgres if backend(db) == "postgres" else _describe_sqlite
+    reader = _READERS[db.kind]
     return {name: reader(db, name) for name in names}
 
 
@@ -230,32 +223,5 @@ def _describe_postgres(db, name: str) -> Table:
     return table
 
 
-def compare(expected: dict[str, Table], actual: dict[str, Table],
-            expected_label: str = "models", actual_label: str = "migrations") -> list[str]:
-    """List every difference between two described schemas, as readable lines."""
-    out = []
-    for name in sorted(set(expected) | set(actual)):
-        if name not in actual:
-            out.append(f"table {name}: in {expected_label}, missing from {actual_label}")
-            continue
-        if name not in expected:
-            out.append(f"table {name}: in {actual_label}, missing from {expected_label}")
-            continue
-        exp, act = expected[name], actual[name]
-        if exp.primary_key != act.primary_key:
-            out.append(f"table {name}: primary key {exp.primary_key} in {expected_label}, "
-                       f"{act.primary_key} in {actual_label}")
-        for kind in ("columns", "indexes", "foreign_keys", "checks"):
-            e, a = getattr(exp, kind), getattr(act, kind)
-            label = kind.rstrip("s").replace("_", " ").replace("indexe", "index")
-            for key in sorted(set(e) | set(a)):
-                if key not in a:
-                    out.append(f"{name}: {label} {key} in {expected_label}, "
-                               f"missing from {actual_label}")
-                elif key not in e:
-                    out.append(f"{name}: {label} {key} in {actual_label}, "
-                               f"missing from {expected_label}")
-                elif e[key] != a[key]:
-                    out.append(f"{name}: {label} {key} differs: {expected_label} {e[key]} "
-                               f"vs {actual_label} {a[key]}")
-    return out
+# each backend's catalogue reader, chosen by the database class's ``kind``
+_READERS = {"sqlite": _describe_sqlite, "postgres": _describe_postgres}

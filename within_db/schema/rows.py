@@ -12,9 +12,9 @@ from typing import Any
 
 import peewee
 
-from within_db import introspect
 from within_db.errors import ValidationError
 from within_db.models import ALL_MODELS
+from within_db.schema import introspect
 
 MODELS = {m._meta.table_name: m for m in ALL_MODELS}
 _TRUE, _FALSE = {"true", "t", "1", "yes"}, {"false", "f", "0", "no"}

@@ -1,0 +1,3 @@
+"""Developer tooling over the schema: introspection, drift check and generator, freezing,
+the ER diagram and safe row browsing for the CLI. Batch jobs and services never import it.
+"""
