@@ -10,7 +10,7 @@ from within_db.models.analytics import DashboardWidget, ReportExport, ScheduledR
 from within_db.models.campaigns import AdMetric, CampaignPerformance, SpendRecord
 from within_db.models.ml_system import ModelMetric, PredictionLog
 from within_db.services import analytics as svc
-from within_db.services.queries import catalogue, execute_definition, validate_definition
+from within_db.services.analytics.compiler import catalogue, execute_definition, validate_definition
 from within_db.services.users import create_role, grant_role
 
 from .helpers import make_ad, make_campaign, make_model, make_report, make_user, make_version
@@ -165,13 +165,13 @@ def test_saved_query_owner_and_permission_checks(data):
                                                      "metrics": ["clicks"]})
     with pytest.raises(ConflictError):
         svc.create_saved_query(owner, "clicks", {"dataset": "spend", "metrics": ["spend"]})
-    assert svc.run_saved_query(query, owner=owner) == [{"clicks": 100}]
+    assert svc.run_saved_query(query, actor=owner) == [{"clicks": 100}]
     stranger = make_user()
     with pytest.raises(PermissionDeniedError, match="analytics.run_any"):
-        svc.run_saved_query(query, owner=stranger)
+        svc.run_saved_query(query, actor=stranger)
     create_role("analyst", ["analytics.run_any"])
     grant_role(stranger, "analyst")
-    assert svc.run_saved_query(query, owner=stranger) == [{"clicks": 100}]
+    assert svc.run_saved_query(query, actor=stranger) == [{"clicks": 100}]
 
 
 def test_visualization_rules(data):

@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import pytest
 
+from within_db import batch
 from within_db.errors import (
     ConfigurationError,
     ConflictError,
@@ -54,24 +55,24 @@ def test_stage_swap_keeps_one_production_version(db):
 
 def test_training_job_lifecycle(db):
     model = ml.register_model("ctr", "classification")
-    job = ml.start_training_job(model, parameters={"lr": 0.1})
+    job = ml.queue_training_job(model, parameters={"lr": 0.1})
     assert job.status == "queued"
     ml.mark_running(job)
     version = ml.mark_succeeded(job, "s3://ctr/1", metrics={"auc": 0.81, "logloss": 0.4})
     assert version.training_job_id == job.id and version.hyperparameters == {"lr": 0.1}
     assert ModelMetric.select().where(ModelMetric.model_version == version.id).count() == 2
-    failed = ml.start_training_job(model)
+    failed = ml.queue_training_job(model)
     ml.mark_running(failed)
     ml.mark_failed(failed, "out of memory")
     assert type(failed).get_by_id(failed.id).error == "out of memory"
-    queued = ml.start_training_job(model)
-    assert ml.cancel(queued).status == "cancelled"
+    queued = ml.queue_training_job(model)
+    assert ml.mark_cancelled(queued).status == "cancelled"
 
 
 ILLEGAL = [
     ("queued", "mark_succeeded"), ("queued", "mark_failed"),
-    ("succeeded", "mark_running"), ("succeeded", "mark_failed"), ("succeeded", "cancel"),
-    ("failed", "mark_running"), ("failed", "mark_succeeded"), ("failed", "cancel"),
+    ("succeeded", "mark_running"), ("succeeded", "mark_failed"), ("succeeded", "mark_cancelled"),
+    ("failed", "mark_running"), ("failed", "mark_succeeded"), ("failed", "mark_cancelled"),
     ("cancelled", "mark_running"), ("cancelled", "mark_succeeded"), ("running", "mark_running"),
 ]
 
@@ -79,10 +80,10 @@ ILLEGAL = [
 @pytest.mark.parametrize("state,action", ILLEGAL)
 def test_illegal_training_job_transitions(db, state, action):
     model = ml.register_model("m", "classification")
-    job = ml.start_training_job(model)
+    job = ml.queue_training_job(model)
     path = {"queued": [], "running": ["mark_running"],
             "succeeded": ["mark_running", "mark_succeeded"],
-            "failed": ["mark_running", "mark_failed"], "cancelled": ["cancel"]}[state]
+            "failed": ["mark_running", "mark_failed"], "cancelled": ["mark_cancelled"]}[state]
     for step in path:
         getattr(ml, step)(job, "boom") if step == "mark_failed" else getattr(ml, step)(job)
     with pytest.raises(InvalidTransitionError, match=f"is {state}"):
@@ -131,23 +132,23 @@ def test_to_dataframe_types_columns_from_fields(db):
                                clicks=1, spend_micros=Decimal("2.5"))
     version = ml.create_version(ml.register_model("m", "ranking"), "s3://m/1")
     ml.log_predictions(version, [{"request_id": "a", "score": 0.5, "features": {"x": 1}}])
-    perf = ml.to_dataframe(CampaignPerformance.select())
+    perf = batch.to_dataframe(CampaignPerformance.select())
     assert str(perf["impressions"].dtype) == "Int64"
     assert str(perf["campaign"].dtype).startswith("str") and perf["campaign"][0] == str(
         campaign.id)
     assert pd.api.types.is_datetime64_any_dtype(perf["date"])
     assert perf["spend_micros"].dtype == "float64" and perf["spend_micros"][0] == 2.5
-    preds = ml.to_dataframe(PredictionLog.select())
+    preds = batch.to_dataframe(PredictionLog.select())
     assert str(preds["created_at"].dtype).endswith("UTC]")
     assert preds["features"][0] == {"x": 1} and preds["score"].dtype == "float64"
-    empty = ml.to_dataframe(PredictionLog.select().where(PredictionLog.id < 0))
+    empty = batch.to_dataframe(PredictionLog.select().where(PredictionLog.id < 0))
     assert len(empty) == 0 and "request_id" in empty.columns
 
 
 def test_to_dataframe_explains_the_extra_without_pandas(db, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas now raises ImportError
     with pytest.raises(ConfigurationError, match=r"within_db\[ml\]"):
-        ml.to_dataframe(PredictionLog.select())
+        batch.to_dataframe(PredictionLog.select())
 
 
 def test_concurrent_version_creation_never_collides(migrated_fresh_db, fresh_url):

@@ -18,7 +18,7 @@ from typing import Any
 import peewee
 
 from within_db.db import BulkLoadFailed, bound
-from within_db.errors import BulkInsertError, ValidationError
+from within_db.errors import BulkInsertError, ConfigurationError, ValidationError
 from within_db.fields import MoneyField, UTCDateTimeField, format_utc, storage_field, to_micros
 from within_db.integrity import violation
 
@@ -244,3 +244,57 @@ def _needs_conversion(field: peewee.Field | None) -> bool:
     # the drivers already return int, float and str for these plain peewee columns
     return not (type(target).__module__ == "peewee" and isinstance(target, _PASSTHROUGH)
                 and not isinstance(target, peewee.BooleanField))
+
+
+# -- dataframes ---------------------------------------------------------------------------
+
+
+def _dtype_of(field: peewee.Field) -> str | None:
+    target = storage_field(field)
+    if isinstance(target, MoneyField):
+        return "float64"  # units as floats for modelling; query directly for exact Decimal
+    if isinstance(target, UTCDateTimeField):
+        return "datetime64[ns, UTC]"
+    if isinstance(target, peewee.DateField):
+        return "datetime64[ns]"
+    if isinstance(target, peewee.BooleanField):
+        return "boolean"
+    if isinstance(target, (peewee.IntegerField, peewee.AutoField)):
+        return "Int64"
+    if isinstance(target, peewee.FloatField):
+        return "float64"
+    if isinstance(target, (peewee.CharField, peewee.TextField, peewee.UUIDField)):
+        return "string"
+    return None  # JSON and anything else stay Python objects
+
+
+def to_dataframe(query: peewee.SelectQuery):
+    """Return a pandas DataFrame of ``query`` typed from its fields (needs the ``ml`` extra).
+
+    Integers become nullable Int64, dates datetime64, instants datetime64 in UTC, money
+    float64 units, text and UUIDs pandas strings; JSON columns stay Python objects.
+    """
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ConfigurationError(
+            "to_dataframe needs pandas: pip install 'within_db[ml]'") from None
+    dtypes = {}
+    for node in query.selected_columns:
+        field = node.unwrap() if isinstance(node, peewee.Node) else node
+        if isinstance(field, peewee.Field):
+            name = node._alias if isinstance(node, peewee.Alias) else field.name
+            dtypes[name] = _dtype_of(field)
+    rows = list(stream(query.dicts()))
+    frame = pd.DataFrame.from_records(rows, columns=list(dtypes) or None)
+    for column, dtype in dtypes.items():
+        if dtype is None:
+            continue
+        values = frame[column]
+        if dtype.startswith("datetime64"):
+            frame[column] = pd.to_datetime(values, utc=dtype.endswith("UTC]"))
+        elif dtype == "string":
+            frame[column] = values.map(lambda v: None if v is None else str(v)).astype(dtype)
+        else:
+            frame[column] = values.astype("float64" if dtype == "float64" else dtype)
+    return frame

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from within_db.models.analytics import ReportExport, ReportTemplate
+from within_db.models.analytics import ReportExport
 from within_db.models.users import User
 from within_db.seed.common import REFERENCE, SeedContext
 from within_db.services import analytics as svc
@@ -46,10 +46,9 @@ def seed_analytics(ctx: SeedContext, users: list[User]) -> None:
     templates = []
     if not ctx.suffix:
         for name in ("Executive summary", "Channel performance", "Model health"):
-            templates.append(ReportTemplate.create(
-                name=name, description=fake.sentence(), created_by=users[0],
-                parameters={"period_days": rng.choice([7, 28, 90])},
-                created_at=REFERENCE, updated_at=REFERENCE))
+            templates.append(svc.create_report_template(
+                name, description=fake.sentence(), created_by=users[0],
+                parameters={"period_days": rng.choice([7, 28, 90])}, now=REFERENCE))
     for i, owner in enumerate(users):
         picks = rng.sample(range(len(QUERIES)), ctx.scale.saved_queries_per_user)
         board = svc.create_dashboard(owner, f"{owner.full_name.split()[0]}'s overview",
@@ -76,11 +75,9 @@ def seed_analytics(ctx: SeedContext, users: list[User]) -> None:
 
 
 def _report(ctx, owner, query, templates, name):
-    from within_db.models.analytics import Report
-
-    return Report.create(owner=owner, saved_query=query, name=f"{name} report",
-                         template=ctx.rng.choice(templates) if templates else None,
-                         parameters={}, created_at=REFERENCE, updated_at=REFERENCE)
+    return svc.create_report(owner, f"{name} report", saved_query=query,
+                             template=ctx.rng.choice(templates) if templates else None,
+                             now=REFERENCE)
 
 
 def _export(ctx: SeedContext, report, owner, i: int) -> None:

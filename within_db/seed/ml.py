@@ -56,8 +56,7 @@ def seed_ml(ctx: SeedContext, users: list[User], ad_ids: list[uuid.UUID]) -> Non
             _metrics(ctx, version, task)
         stages = ["archived"] * (len(versions) - 2) + ["production", "staging"]
         for version, stage in zip(versions, stages, strict=True):
-            version.stage = stage
-            version.save()
+            svc.transition_stage(version, stage)
             if stage in ("production", "staging"):
                 production.append(version)
         svc.log_feature_importance(versions[-2], {

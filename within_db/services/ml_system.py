@@ -16,13 +16,12 @@ import peewee
 from within_db import batch
 from within_db.db import bound, database, write_transaction
 from within_db.errors import (
-    ConfigurationError,
     ConflictError,
     InvalidTransitionError,
     NotFoundError,
     ValidationError,
 )
-from within_db.fields import MoneyField, UTCDateTimeField, storage_field, utcnow
+from within_db.fields import utcnow
 from within_db.integrity import conflict_on
 from within_db.models.campaigns import Campaign, CampaignPerformance
 from within_db.models.ml_system import (
@@ -122,7 +121,7 @@ def production_version(model_name: str) -> ModelVersion | None:
 # -- training jobs --------------------------------------------------------------------------
 
 
-def start_training_job(model: MLModel, parameters: dict | None = None,
+def queue_training_job(model: MLModel, parameters: dict | None = None,
                        dataset_spec: dict | None = None) -> TrainingJob:
     """Queue a training job for ``model``."""
     return TrainingJob.create(model=model, parameters=parameters or {},
@@ -174,7 +173,7 @@ def mark_failed(job: TrainingJob, error: str) -> TrainingJob:
     return _transition(job, "failed", finished_at=utcnow(), error=str(error)[:10_000])
 
 
-def cancel(job: TrainingJob) -> TrainingJob:
+def mark_cancelled(job: TrainingJob) -> TrainingJob:
     """queued or running -> cancelled."""
     return _transition(job, "cancelled", finished_at=utcnow())
 
@@ -239,54 +238,3 @@ def training_rows(start: dt.date, end: dt.date, platforms: list[str] | None = No
     if objectives:
         query = query.where(Campaign.objective.in_(objectives))
     return batch.stream(query.dicts(), chunk_size=chunk_size)
-
-
-def _dtype_of(field: peewee.Field) -> str | None:
-    target = storage_field(field)
-    if isinstance(target, MoneyField):
-        return "float64"  # units as floats for modelling; query directly for exact Decimal
-    if isinstance(target, UTCDateTimeField):
-        return "datetime64[ns, UTC]"
-    if isinstance(target, peewee.DateField):
-        return "datetime64[ns]"
-    if isinstance(target, peewee.BooleanField):
-        return "boolean"
-    if isinstance(target, (peewee.IntegerField, peewee.AutoField)):
-        return "Int64"
-    if isinstance(target, peewee.FloatField):
-        return "float64"
-    if isinstance(target, (peewee.CharField, peewee.TextField, peewee.UUIDField)):
-        return "string"
-    return None  # JSON and anything else stay Python objects
-
-
-def to_dataframe(query: peewee.SelectQuery):
-    """Return a pandas DataFrame of ``query`` typed from its fields (needs the ``ml`` extra).
-
-    Integers become nullable Int64, dates datetime64, instants datetime64 in UTC, money
-    float64 units, text and UUIDs pandas strings; JSON columns stay Python objects.
-    """
-    try:
-        import pandas as pd
-    except ImportError:
-        raise ConfigurationError(
-            "to_dataframe needs pandas: pip install 'within_db[ml]'") from None
-    dtypes = {}
-    for node in query.selected_columns:
-        field = node.unwrap() if isinstance(node, peewee.Node) else node
-        if isinstance(field, peewee.Field):
-            name = node._alias if isinstance(node, peewee.Alias) else field.name
-            dtypes[name] = _dtype_of(field)
-    rows = list(batch.stream(query.dicts()))
-    frame = pd.DataFrame.from_records(rows, columns=list(dtypes) or None)
-    for column, dtype in dtypes.items():
-        if dtype is None:
-            continue
-        values = frame[column]
-        if dtype.startswith("datetime64"):
-            frame[column] = pd.to_datetime(values, utc=dtype.endswith("UTC]"))
-        elif dtype == "string":
-            frame[column] = values.map(lambda v: None if v is None else str(v)).astype(dtype)
-        else:
-            frame[column] = values.astype("float64" if dtype == "float64" else dtype)
-    return frame

@@ -1,8 +1,5 @@
-"""Analytics services: saved queries with access checks, visualizations, dashboards,
-cron schedules in IANA timezones, report exports and expiring share links.
-
-The query compiler itself lives in ``services.queries``.
-"""
+"""Report templates and reports, cron schedules in IANA timezones, report exports and
+expiring share links."""
 
 from __future__ import annotations
 
@@ -13,40 +10,34 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import peewee
 from cronsim import CronSim, CronSimError
 
 from within_db.base import jsonable
-from within_db.db import bound, database, write_transaction
+from within_db.db import database
 from within_db.errors import (
-    ConflictError,
-    NotFoundError,
-    PermissionDeniedError,
     ValidationError,
     WithinDBError,
 )
 from within_db.fields import utcnow
 from within_db.integrity import conflict_on
 from within_db.models.analytics import (
-    CHART_TYPES,
     EXPORT_FORMATS,
-    GRID_COLUMNS,
     SHARE_PERMISSIONS,
     Dashboard,
-    DashboardWidget,
     Report,
     ReportExport,
+    ReportTemplate,
     SavedQuery,
     ScheduledReport,
     ShareLink,
     Visualization,
 )
 from within_db.models.users import User
-from within_db.services.queries import execute_definition, validate_definition
-from within_db.services.users import has_permission, token_digest
+from within_db.services.analytics.boards import _stamps, run_saved_query
+from within_db.services.users import token_digest
 
 RUN_ANY = "analytics.run_any"
 SHARE_PREFIX = "wdbl_"
@@ -54,131 +45,30 @@ _OPTION_KEYS = {"title", "subtitle", "color", "colors", "stacked", "y_axis", "x_
                 "legend", "format", "precision", "show_values", "sort"}
 
 
-# -- saved queries --------------------------------------------------------------------------
+# -- templates and reports ------------------------------------------------------------------
 
 
-def _stamps(now: dt.datetime | None) -> dict:
-    now = now or utcnow()
-    return {"created_at": now, "updated_at": now}
+def create_report_template(name: str, description: str = "", parameters: dict | None = None,
+                           created_by: User | None = None,
+                           now: dt.datetime | None = None) -> ReportTemplate:
+    """Create a reusable report template; ConflictError if the name is taken."""
+    if not name or not name.strip():
+        raise ValidationError("report template name is empty")
+    with conflict_on("report_templates_name", "a report template with that name exists"), \
+            database.atomic():
+        return ReportTemplate.create(name=name.strip(), description=description,
+                                     parameters=parameters or {}, created_by=created_by,
+                                     **_stamps(now))
 
 
-def create_saved_query(owner: User, name: str, definition: dict, description: str = "",
-                       now: dt.datetime | None = None) -> SavedQuery:
-    """Store a validated definition; ConflictError if the owner already has that name."""
-    validate_definition(definition)
-    with conflict_on("saved_queries_owner_id_name",
-                     "you already have a saved query with that name"), database.atomic():
-        return SavedQuery.create(owner=owner, name=name, definition=definition,
-                                 description=description, **_stamps(now))
-
-
-def run_saved_query(saved_query: SavedQuery, params: dict | None = None,
-                    owner: User | None = None) -> list[dict[str, Any]]:
-    """Run a saved query for ``owner`` (the acting user) and return its rows.
-
-    Allowed for the query's owner or a holder of ``analytics.run_any``; ``owner=None`` is a
-    trusted internal call on the query owner's behalf (exports, schedules).
-    """
-    if owner is not None and owner.id != saved_query.owner_id and \
-            not has_permission(owner, RUN_ANY):
-        raise PermissionDeniedError(f"running another user's query needs {RUN_ANY}")
-    return execute_definition(saved_query.definition, params)
-
-
-# -- visualizations -------------------------------------------------------------------------
-
-
-def _check_chart(chart_type: str, options: dict, definition: dict) -> None:
-    if chart_type not in CHART_TYPES:
-        raise ValidationError(f'unknown chart type "{chart_type}"; valid: '
-                              f"{', '.join(CHART_TYPES)}")
-    unknown = set(options) - _OPTION_KEYS
-    if unknown:
-        raise ValidationError(f"unknown chart options: {', '.join(sorted(unknown))}; valid: "
-                              f"{', '.join(sorted(_OPTION_KEYS))}")
-    dims, metrics = definition.get("dimensions", []), definition["metrics"]
-    has_date = any(d == "date" or d.startswith("date:") for d in dims)
-    rules = {
-        "line": (has_date, "a line chart needs a date dimension"),
-        "area": (has_date, "an area chart needs a date dimension"),
-        "bar": (len(dims) >= 1, "a bar chart needs at least one dimension"),
-        "pie": (len(dims) == 1 and len(metrics) == 1,
-                "a pie chart needs exactly one dimension and one metric"),
-        "kpi": (not dims, "a kpi shows totals: it takes no dimensions"),
-        "scatter": (len(metrics) >= 2, "a scatter chart needs two metrics"),
-        "table": (True, ""),
-    }
-    ok, message = rules[chart_type]
-    if not ok:
-        raise ValidationError(message)
-
-
-def create_visualization(saved_query: SavedQuery, name: str, chart_type: str,
-                         options: dict | None = None,
-                         now: dt.datetime | None = None) -> Visualization:
-    """Create a chart over a saved query, checking the type fits the query's shape."""
-    options = options or {}
-    _check_chart(chart_type, options, saved_query.definition)
-    return Visualization.create(saved_query=saved_query, name=name, chart_type=chart_type,
-                                options=options, **_stamps(now))
-
-
-# -- dashboards -----------------------------------------------------------------------------
-
-
-def create_dashboard(owner: User, name: str, description: str = "",
-                     now: dt.datetime | None = None) -> Dashboard:
-    """Create an empty dashboard on the 12-column grid; ConflictError for a taken name."""
-    with conflict_on("dashboards_owner_id_name",
-                     "you already have a dashboard with that name"), database.atomic():
-        return Dashboard.create(owner=owner, name=name, description=description,
-                                layout={"columns": GRID_COLUMNS}, **_stamps(now))
-
-
-def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    return ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah
-
-
-def _place(dashboard_id: int, box: tuple[int, int, int, int], ignore: int | None = None):
-    x, y, w, h = box
-    if x < 0 or y < 0 or w < 1 or h < 1 or x + w > GRID_COLUMNS:
-        raise ValidationError(f"a widget must fit the {GRID_COLUMNS}-column grid "
-                              "(x >= 0, y >= 0, width and height >= 1, x + width <= 12)")
-    lock = Dashboard.select(Dashboard.id).where(Dashboard.id == dashboard_id)
-    if bound().lock_rows(lock).first() is None:
-        raise NotFoundError("no such dashboard")
-    others = DashboardWidget.select().where(DashboardWidget.dashboard == dashboard_id)
-    for other in others:
-        if other.id != ignore and _overlaps(box, (other.x, other.y, other.width, other.height)):
-            raise ConflictError(f"the widget would overlap widget {other.id}")
-
-
-def add_widget(dashboard: Dashboard, visualization: Visualization, x: int, y: int,
-               width: int, height: int) -> DashboardWidget:
-    """Place a visualization on a dashboard where it overlaps no other widget."""
-    with write_transaction():
-        _place(dashboard.id, (x, y, width, height))
-        return DashboardWidget.create(dashboard=dashboard, visualization=visualization,
-                                      x=x, y=y, width=width, height=height)
-
-
-def move_widget(widget: DashboardWidget, x: int, y: int, width: int | None = None,
-                height: int | None = None) -> DashboardWidget:
-    """Move (and optionally resize) a widget; refused if it would overlap another."""
-    width = widget.width if width is None else width
-    height = widget.height if height is None else height
-    with write_transaction():
-        _place(widget.dashboard_id, (x, y, width, height), ignore=widget.id)
-        DashboardWidget.update(x=x, y=y, width=width, height=height).where(
-            DashboardWidget.id == widget.id).execute()
-    widget.x, widget.y, widget.width, widget.height = x, y, width, height
-    return widget
-
-
-def remove_widget(widget: DashboardWidget) -> None:
-    DashboardWidget.delete().where(DashboardWidget.id == widget.id).execute()
+def create_report(owner: User, name: str, saved_query: SavedQuery | None = None,
+                  template: ReportTemplate | None = None, parameters: dict | None = None,
+                  now: dt.datetime | None = None) -> Report:
+    """Create a report over a saved query (the owner's own, or one they may run)."""
+    if not name or not name.strip():
+        raise ValidationError("report name is empty")
+    return Report.create(owner=owner, saved_query=saved_query, template=template,
+                         name=name.strip(), parameters=parameters or {}, **_stamps(now))
 
 
 # -- schedules ------------------------------------------------------------------------------
@@ -268,7 +158,7 @@ def export_report(report: Report, fmt: str, directory: str | os.PathLike,
         if report.saved_query_id is None:
             raise ValidationError("the report has no saved query to export")
         rows = run_saved_query(report.saved_query, {**report.parameters, **(params or {})},
-                               owner=requested_by)
+                               actor=requested_by)
         Path(directory).mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, newline="",
                                          suffix=".partial", encoding="utf-8") as handle:

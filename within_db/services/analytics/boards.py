@@ -1,0 +1,159 @@
+"""Saved queries with access checks, visualizations and dashboards with a widget grid."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from within_db.db import bound, database, write_transaction
+from within_db.errors import (
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    ValidationError,
+)
+from within_db.fields import utcnow
+from within_db.integrity import conflict_on
+from within_db.models.analytics import (
+    CHART_TYPES,
+    GRID_COLUMNS,
+    Dashboard,
+    DashboardWidget,
+    SavedQuery,
+    Visualization,
+)
+from within_db.models.users import User
+from within_db.services.analytics.compiler import execute_definition, validate_definition
+from within_db.services.users import has_permission
+
+RUN_ANY = "analytics.run_any"
+SHARE_PREFIX = "wdbl_"
+_OPTION_KEYS = {"title", "subtitle", "color", "colors", "stacked", "y_axis", "x_axis",
+                "legend", "format", "precision", "show_values", "sort"}
+
+
+# -- saved queries --------------------------------------------------------------------------
+
+
+def _stamps(now: dt.datetime | None) -> dict:
+    now = now or utcnow()
+    return {"created_at": now, "updated_at": now}
+
+
+def create_saved_query(owner: User, name: str, definition: dict, description: str = "",
+                       now: dt.datetime | None = None) -> SavedQuery:
+    """Store a validated definition; ConflictError if the owner already has that name."""
+    validate_definition(definition)
+    with conflict_on("saved_queries_owner_id_name",
+                     "you already have a saved query with that name"), database.atomic():
+        return SavedQuery.create(owner=owner, name=name, definition=definition,
+                                 description=description, **_stamps(now))
+
+
+def run_saved_query(saved_query: SavedQuery, params: dict | None = None,
+                    actor: User | None = None) -> list[dict[str, Any]]:
+    """Run a saved query for ``actor`` (the acting user) and return its rows.
+
+    Allowed for the query's owner or a holder of ``analytics.run_any``; ``actor=None`` is a
+    trusted internal call on the query owner's behalf (exports, schedules).
+    """
+    if actor is not None and actor.id != saved_query.owner_id and \
+            not has_permission(actor, RUN_ANY):
+        raise PermissionDeniedError(f"running another user's query needs {RUN_ANY}")
+    return execute_definition(saved_query.definition, params)
+
+
+# -- visualizations -------------------------------------------------------------------------
+
+
+def _check_chart(chart_type: str, options: dict, definition: dict) -> None:
+    if chart_type not in CHART_TYPES:
+        raise ValidationError(f'unknown chart type "{chart_type}"; valid: '
+                              f"{', '.join(CHART_TYPES)}")
+    unknown = set(options) - _OPTION_KEYS
+    if unknown:
+        raise ValidationError(f"unknown chart options: {', '.join(sorted(unknown))}; valid: "
+                              f"{', '.join(sorted(_OPTION_KEYS))}")
+    dims, metrics = definition.get("dimensions", []), definition["metrics"]
+    has_date = any(d == "date" or d.startswith("date:") for d in dims)
+    rules = {
+        "line": (has_date, "a line chart needs a date dimension"),
+        "area": (has_date, "an area chart needs a date dimension"),
+        "bar": (len(dims) >= 1, "a bar chart needs at least one dimension"),
+        "pie": (len(dims) == 1 and len(metrics) == 1,
+                "a pie chart needs exactly one dimension and one metric"),
+        "kpi": (not dims, "a kpi shows totals: it takes no dimensions"),
+        "scatter": (len(metrics) >= 2, "a scatter chart needs two metrics"),
+        "table": (True, ""),
+    }
+    ok, message = rules[chart_type]
+    if not ok:
+        raise ValidationError(message)
+
+
+def create_visualization(saved_query: SavedQuery, name: str, chart_type: str,
+                         options: dict | None = None,
+                         now: dt.datetime | None = None) -> Visualization:
+    """Create a chart over a saved query, checking the type fits the query's shape."""
+    options = options or {}
+    _check_chart(chart_type, options, saved_query.definition)
+    return Visualization.create(saved_query=saved_query, name=name, chart_type=chart_type,
+                                options=options, **_stamps(now))
+
+
+# -- dashboards -----------------------------------------------------------------------------
+
+
+def create_dashboard(owner: User, name: str, description: str = "",
+                     now: dt.datetime | None = None) -> Dashboard:
+    """Create an empty dashboard on the 12-column grid; ConflictError for a taken name."""
+    with conflict_on("dashboards_owner_id_name",
+                     "you already have a dashboard with that name"), database.atomic():
+        return Dashboard.create(owner=owner, name=name, description=description,
+                                layout={"columns": GRID_COLUMNS}, **_stamps(now))
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    return ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah
+
+
+def _place(dashboard_id: int, box: tuple[int, int, int, int], ignore: int | None = None):
+    x, y, w, h = box
+    if x < 0 or y < 0 or w < 1 or h < 1 or x + w > GRID_COLUMNS:
+        raise ValidationError(f"a widget must fit the {GRID_COLUMNS}-column grid "
+                              "(x >= 0, y >= 0, width and height >= 1, x + width <= 12)")
+    lock = Dashboard.select(Dashboard.id).where(Dashboard.id == dashboard_id)
+    if bound().lock_rows(lock).first() is None:
+        raise NotFoundError("no such dashboard")
+    others = DashboardWidget.select().where(DashboardWidget.dashboard == dashboard_id)
+    for other in others:
+        if other.id != ignore and _overlaps(box, (other.x, other.y, other.width, other.height)):
+            raise ConflictError(f"the widget would overlap widget {other.id}")
+
+
+def add_widget(dashboard: Dashboard, visualization: Visualization, x: int, y: int,
+               width: int, height: int) -> DashboardWidget:
+    """Place a visualization on a dashboard where it overlaps no other widget."""
+    with write_transaction():
+        _place(dashboard.id, (x, y, width, height))
+        return DashboardWidget.create(dashboard=dashboard, visualization=visualization,
+                                      x=x, y=y, width=width, height=height)
+
+
+def move_widget(widget: DashboardWidget, x: int, y: int, width: int | None = None,
+                height: int | None = None) -> DashboardWidget:
+    """Move (and optionally resize) a widget; refused if it would overlap another."""
+    width = widget.width if width is None else width
+    height = widget.height if height is None else height
+    with write_transaction():
+        _place(widget.dashboard_id, (x, y, width, height), ignore=widget.id)
+        DashboardWidget.update(x=x, y=y, width=width, height=height).where(
+            DashboardWidget.id == widget.id).execute()
+    widget.x, widget.y, widget.width, widget.height = x, y, width, height
+    return widget
+
+
+def remove_widget(widget: DashboardWidget) -> None:
+    DashboardWidget.delete().where(DashboardWidget.id == widget.id).execute()
