@@ -16,6 +16,11 @@ from playhouse.migrate import SqliteMigrator
 from within_db.db import database
 from within_db.fields import UTCDateTimeField, storage_field, utcnow
 
+__all__ = [
+    "BaseModel", "MAX_IDENTIFIER", "TimestampedModel", "check", "constraint_name", "currency_code",
+    "jsonable", "non_negative", "one_of", "separated_by",
+]
+
 MAX_IDENTIFIER = 63  # PostgreSQL truncates longer names silently
 
 

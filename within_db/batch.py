@@ -22,6 +22,8 @@ from within_db.errors import BulkInsertError, ConfigurationError, ValidationErro
 from within_db.fields import MoneyField, UTCDateTimeField, format_utc, storage_field, to_micros
 from within_db.integrity import violation
 
+__all__ = ["DEFAULT_BATCH", "DEFAULT_CHUNK", "bulk_insert", "stream", "to_dataframe"]
+
 DEFAULT_BATCH = 10_000
 DEFAULT_CHUNK = 2_000
 _PASSTHROUGH = (peewee.IntegerField, peewee.FloatField, peewee.CharField, peewee.TextField,

@@ -25,6 +25,12 @@ from playhouse.postgres_ext import PooledPostgresqlExtDatabase, PostgresqlExtDat
 
 from within_db.errors import ConfigurationError, DatabaseUnavailableError, NotConnectedError
 
+__all__ = [
+    "BUSY_TIMEOUT", "BrokenForeignKeys", "BulkLoadFailed", "CONNECT_TIMEOUT", "DEFAULT_URL",
+    "PooledPostgresDatabase", "PostgresDatabase", "SCHEMES", "SqliteDatabase", "backend", "bound",
+    "connect", "database", "get_db", "make_database", "redact_url", "write_transaction",
+]
+
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///within.db"

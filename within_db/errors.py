@@ -4,6 +4,12 @@ Every error the library raises on purpose is a WithinDBError. Messages say what 
 what was expected and what to run next; they never carry a password, token, hash or row value.
 """
 
+__all__ = [
+    "BulkInsertError", "ConfigurationError", "ConflictError", "DatabaseUnavailableError",
+    "InvalidTransitionError", "MigrationError", "NotConnectedError", "NotFoundError",
+    "NotMigratedError", "PermissionDeniedError", "ValidationError", "WithinDBError",
+]
+
 
 class WithinDBError(Exception):
     """Base class of every error raised by within_db on purpose."""

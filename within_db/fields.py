@@ -13,6 +13,11 @@ import peewee
 
 from within_db.errors import ValidationError
 
+__all__ = [
+    "EmailField", "MAX_MICROS", "MICROS", "MoneyField", "UTC", "UTCDateTimeField", "format_utc",
+    "normalise_email", "storage_field", "to_micros", "utcnow",
+]
+
 UTC = dt.UTC
 MICROS = 1_000_000
 MAX_MICROS = 2**63 - 1  # a BIGINT column

@@ -16,6 +16,8 @@ import peewee
 from within_db.db import database
 from within_db.errors import ConflictError
 
+__all__ = ["Violation", "conflict_on", "violation"]
+
 _SQLITE = [
     ("check", re.compile(r"CHECK constraint failed: (\w+)")),
     ("unique", re.compile(r"UNIQUE constraint failed: ([\w., ]+)")),

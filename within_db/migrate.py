@@ -1,8 +1,8 @@
-"""Migrations: a thin layer over ``playhouse.migrations.Runner``, plus the drift check.
+"""Migrations: the runner API, a thin layer over ``playhouse.migrations.Runner``.
 
 Each migration runs in its own transaction; concurrent runners serialise on a PostgreSQL
-advisory lock or an SQLite IMMEDIATE transaction. ``check()`` compares the schema the
-migrations build with the schema the models build.
+advisory lock or an SQLite IMMEDIATE transaction. The drift check and the generator live in
+``within_db.schema.drift``; this module never imports the models.
 """
 
 from __future__ import annotations
@@ -18,6 +18,12 @@ from playhouse.migrations import Runner as PlayhouseRunner
 
 from within_db.db import BrokenForeignKeys, bound, make_database
 from within_db.errors import MigrationError, NotMigratedError
+
+__all__ = [
+    "ADVISORY_LOCK_KEY", "HISTORY_TABLE", "MigrationState", "Runner", "create", "downgrade",
+    "downgrade_plan", "head", "migrations_dir", "pending", "require_migrated", "rows_at_risk",
+    "status", "upgrade",
+]
 
 log = logging.getLogger(__name__)
 

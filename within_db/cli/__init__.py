@@ -17,6 +17,8 @@ import within_db
 from within_db.errors import WithinDBError
 from within_db.integrity import violation
 
+__all__ = ["cli", "main"]
+
 
 @dataclass
 class Settings:

@@ -13,6 +13,8 @@ from within_db.schema.erd import mermaid, schema_markdown
 from within_db.services.campaigns import get_user_campaigns
 from within_db.services.users import find_user, role_names
 
+__all__ = ["inspect"]
+
 
 def _migrated_db(settings):
     db = settings.database()

@@ -11,6 +11,8 @@ from within_db.cli.output import format_option, note, render
 from within_db.errors import MigrationError
 from within_db.schema import drift
 
+__all__ = ["migrate"]
+
 
 @click.group()
 @click.option("--directory", type=click.Path(file_okay=False), metavar="DIR",

@@ -15,6 +15,8 @@ import click
 
 from within_db.base import jsonable
 
+__all__ = ["FORMATS", "format_option", "note", "render", "resolve", "table"]
+
 FORMATS = ("table", "json", "csv")
 
 format_option = click.option(

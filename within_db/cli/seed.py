@@ -10,6 +10,8 @@ import click
 from within_db.cli.output import note, render
 from within_db.seed import DEFAULT_SEED, SCALES, Scale, run_seed
 
+__all__ = ["seed"]
+
 COUNT_NAMES = [f.name for f in dataclasses.fields(Scale)]
 
 

@@ -18,6 +18,12 @@ from within_db.base import BaseModel, TimestampedModel, check, one_of
 from within_db.fields import UTCDateTimeField, utcnow
 from within_db.models.users import User
 
+__all__ = [
+    "CHART_TYPES", "Dashboard", "DashboardWidget", "EXPORT_FORMATS", "EXPORT_STATUSES",
+    "GRID_COLUMNS", "Report", "ReportExport", "ReportTemplate", "SHARE_PERMISSIONS",
+    "SHARE_RESOURCES", "SavedQuery", "ScheduledReport", "ShareLink", "Visualization",
+]
+
 CHART_TYPES = ("line", "bar", "area", "table", "kpi", "pie", "scatter")
 EXPORT_FORMATS = ("csv", "jsonl")
 EXPORT_STATUSES = ("pending", "running", "succeeded", "failed")

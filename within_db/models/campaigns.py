@@ -19,6 +19,12 @@ from within_db.base import BaseModel, TimestampedModel, check, currency_code, no
 from within_db.fields import MoneyField, UTCDateTimeField, utcnow
 from within_db.models.users import User
 
+__all__ = [
+    "AD_STATUSES", "Ad", "AdMetric", "Budget", "CAMPAIGN_STATUSES", "CREATIVE_TYPES", "Campaign",
+    "CampaignPerformance", "CampaignPlatformSetting", "OBJECTIVES", "PLATFORMS", "SPEND_SOURCES",
+    "SpendRecord",
+]
+
 PLATFORMS = ("google", "meta", "tiktok", "linkedin", "microsoft", "snapchat", "pinterest")
 OBJECTIVES = ("awareness", "traffic", "engagement", "leads", "app_installs", "sales")
 CAMPAIGN_STATUSES = ("draft", "active", "paused", "completed", "archived")

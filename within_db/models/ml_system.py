@@ -19,6 +19,11 @@ from within_db.fields import UTCDateTimeField, utcnow
 from within_db.models.campaigns import Ad
 from within_db.models.users import User
 
+__all__ = [
+    "FeatureImportance", "JOB_STATUSES", "MLModel", "ModelMetric", "ModelVersion", "PredictionLog",
+    "SPLITS", "STAGES", "TASKS", "TrainingJob",
+]
+
 TASKS = ("classification", "regression", "ranking", "forecasting")
 STAGES = ("none", "staging", "production", "archived")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")

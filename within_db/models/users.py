@@ -18,6 +18,11 @@ from peewee import (
 from within_db.base import BaseModel, TimestampedModel, check, one_of, separated_by
 from within_db.fields import EmailField, UTCDateTimeField, utcnow
 
+__all__ = [
+    "AccessToken", "AuditLog", "Credential", "EMAIL_MAX_LENGTH", "PASSWORD_ALGORITHMS",
+    "Permission", "Role", "RolePermission", "TOKEN_KINDS", "User", "UserProfile", "UserRole",
+]
+
 TOKEN_KINDS = ("session", "api_key")
 PASSWORD_ALGORITHMS = ("argon2id",)
 EMAIL_MAX_LENGTH = 254

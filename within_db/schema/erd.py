@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import peewee
 
+__all__ = ["mermaid", "schema_markdown"]
+
 HEADER = """# within_db schema
 
 Generated from the models; a test keeps this file current (regenerate with

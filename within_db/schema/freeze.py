@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import peewee
 
+__all__ = ["local_type_source", "models_source", "storage_class"]
+
 _LOCAL_TYPES = {"TIMESTAMPTZ": "TimestampTZField"}
 
 

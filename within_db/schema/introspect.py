@@ -13,6 +13,11 @@ import peewee
 
 from within_db.errors import ValidationError
 
+__all__ = [
+    "Column", "ForeignKey", "Index", "Table", "describe", "require_column", "require_table",
+    "table_names",
+]
+
 
 @dataclass(frozen=True)
 class Column:

@@ -16,6 +16,8 @@ from within_db.errors import ValidationError
 from within_db.models import ALL_MODELS
 from within_db.schema import introspect
 
+__all__ = ["rows", "table_counts"]
+
 MODELS = {m._meta.table_name: m for m in ALL_MODELS}
 _TRUE, _FALSE = {"true", "t", "1", "yes"}, {"false", "f", "0", "no"}
 

@@ -10,6 +10,8 @@ from within_db.models.users import User
 from within_db.seed.common import REFERENCE, SeedContext
 from within_db.services import analytics as svc
 
+__all__ = ["QUERIES", "seed_analytics"]
+
 # (name, definition, chart type)
 QUERIES = [
     ("Weekly clicks by platform",

@@ -24,6 +24,8 @@ from within_db.models.campaigns import (
 from within_db.models.users import User
 from within_db.seed.common import REFERENCE_DATE, SeedContext
 
+__all__ = ["seed_campaigns"]
+
 CURRENCIES = ("USD", "USD", "USD", "EUR", "GBP")
 CTAS = ("learn_more", "shop_now", "sign_up", "download", "get_offer", "book_now")
 MICROS = 1_000_000

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from faker import Faker
 
+__all__ = ["REFERENCE", "REFERENCE_DATE", "SCALES", "Scale", "SeedContext"]
+
 REFERENCE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 REFERENCE_DATE = REFERENCE.date()
 

@@ -17,6 +17,8 @@ from within_db.models.users import User
 from within_db.seed.common import REFERENCE, SeedContext
 from within_db.services import ml_system as svc
 
+__all__ = ["seed_ml"]
+
 FEATURES = ("ctr_7d", "ctr_28d", "cpc_7d", "impressions_7d", "platform", "objective",
             "creative_type", "hour_of_day", "day_of_week", "audience", "budget_utilisation",
             "headline_length")

@@ -10,6 +10,8 @@ from within_db.seed.common import REFERENCE, SeedContext
 from within_db.services import users as svc
 from within_db.services.audit import record_event
 
+__all__ = ["DEMO_PASSWORD", "ROLES", "seed_users"]
+
 ROLES = {
     "admin": ["users.manage", "campaigns.view", "campaigns.edit", "models.deploy",
               "analytics.run_any", "analytics.share"],

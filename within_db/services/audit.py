@@ -20,6 +20,8 @@ from within_db.db import bound
 from within_db.fields import format_utc, utcnow
 from within_db.models.users import AuditLog, User
 
+__all__ = ["ChainReport", "GENESIS", "record_event", "row_digest", "verify_audit_chain"]
+
 GENESIS = "0" * 64
 AUDIT_LOCK_KEY = 0x61756469  # "audi"
 

@@ -8,6 +8,8 @@ from typing import Any
 from within_db.models.campaigns import Ad, Campaign
 from within_db.models.users import User
 
+__all__ = ["get_user_campaigns"]
+
 
 def get_user_campaigns(user_id: uuid.UUID | str) -> list[dict[str, Any]] | None:
     """Return ``[{"campaign": {...}, "ads": [{...}]}]`` for a user, newest campaign first.

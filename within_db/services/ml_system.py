@@ -37,6 +37,12 @@ from within_db.models.ml_system import (
 )
 from within_db.models.users import User
 
+__all__ = [
+    "TRANSITIONS", "create_version", "log_feature_importance", "log_metrics", "log_predictions",
+    "mark_cancelled", "mark_failed", "mark_running", "mark_succeeded", "production_version",
+    "queue_training_job", "register_model", "training_rows", "transition_stage",
+]
+
 # status -> statuses it may move to
 TRANSITIONS = {
     "queued": ("running", "cancelled"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-import logging
 import secrets
 import unicodedata
 import uuid
@@ -37,7 +36,12 @@ from within_db.models.users import (
 )
 from within_db.services.audit import record_event
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "PASSWORD_MAX_LENGTH", "PASSWORD_MIN_LENGTH", "TOKEN_TTL", "authenticate", "create_role",
+    "create_user", "ensure_permission", "find_user", "grant_role", "has_permission",
+    "hash_password", "issue_token", "permissions_of", "revoke_all", "revoke_role", "revoke_token",
+    "role_names", "set_password", "token_digest", "validate_email", "verify_token",
+]
 
 PASSWORD_MIN_LENGTH = 12
 PASSWORD_MAX_LENGTH = 1024

@@ -26,8 +26,12 @@ from within_db.models.users import User
 from within_db.services.analytics.compiler import execute_definition, validate_definition
 from within_db.services.users import has_permission
 
+__all__ = [
+    "RUN_ANY", "add_widget", "create_dashboard", "create_saved_query", "create_visualization",
+    "move_widget", "remove_widget", "run_saved_query",
+]
+
 RUN_ANY = "analytics.run_any"
-SHARE_PREFIX = "wdbl_"
 _OPTION_KEYS = {"title", "subtitle", "color", "colors", "stacked", "y_axis", "x_axis",
                 "legend", "format", "precision", "show_values", "sort"}
 

@@ -22,6 +22,11 @@ from within_db.errors import ValidationError
 from within_db.models.campaigns import Ad, AdMetric, Campaign, CampaignPerformance, SpendRecord
 from within_db.models.ml_system import MLModel, ModelMetric, ModelVersion, PredictionLog
 
+__all__ = [
+    "DATASETS", "Dataset", "GRAINS", "MAX_LIMIT", "OPERATORS", "catalogue", "compile_definition",
+    "execute_definition", "validate_definition",
+]
+
 GRAINS = ("day", "week", "month")
 OPERATORS = ("eq", "in", "between", "gte", "lte")
 MAX_LIMIT = 10_000
@@ -176,8 +181,6 @@ def validate_definition(definition: Any) -> dict:
                               or not 1 <= limit <= MAX_LIMIT):
         raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}")
     return definition
-
-
 
 
 def _value(value: Any, params: dict) -> Any:

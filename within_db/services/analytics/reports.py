@@ -39,10 +39,13 @@ from within_db.models.users import User
 from within_db.services.analytics.boards import _stamps, run_saved_query
 from within_db.services.users import token_digest
 
-RUN_ANY = "analytics.run_any"
+__all__ = [
+    "SHARE_PREFIX", "create_report", "create_report_template", "create_schedule",
+    "create_share_link", "due_schedules", "export_report", "mark_ran", "next_run",
+    "resolve_share_link", "revoke_share_link",
+]
+
 SHARE_PREFIX = "wdbl_"
-_OPTION_KEYS = {"title", "subtitle", "color", "colors", "stacked", "y_axis", "x_axis",
-                "legend", "format", "precision", "show_values", "sort"}
 
 
 # -- templates and reports ------------------------------------------------------------------
