@@ -134,3 +134,28 @@ def fresh_db(fresh_url):
 def migrated_fresh_db(fresh_db):
     migrate.upgrade(fresh_db)
     return fresh_db
+
+
+@pytest.fixture(scope="session")
+def seeded_url(databases):
+    """A database of the backend filled by ``within-db seed --scale tiny`` (read-only use)."""
+    from within_db.seed import run_seed
+
+    url = databases.new_url()
+    db = within_db.connect(url)
+    run_seed(db, "tiny")
+    db.close()
+    database.initialize(None)
+    return url
+
+
+@pytest.fixture
+def seeded_db(seeded_url):
+    """The seeded database bound to the proxy, in a rolled-back transaction."""
+    db = within_db.db.make_database(seeded_url)
+    database.initialize(db)
+    with db.atomic() as txn:
+        yield db
+        txn.rollback()
+    db.close()
+    database.initialize(None)

@@ -149,6 +149,14 @@ def constraint_name(table: str, rule: str, suffix: str) -> str:
     return name
 
 
+def choices(values: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Return peewee ``choices`` for a field whose CHECK is ``one_of(column, values)``.
+
+    The schemas read them (``within_db.schemas``); a test keeps them equal to the CHECK.
+    """
+    return [(v, v) for v in values]
+
+
 def one_of(column: str, values: tuple[str, ...]) -> str:
     """Render ``column IN (...)`` for a CHECK over a module constant of allowed values."""
     quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)

@@ -1,6 +1,9 @@
-"""``within-db inspect``: tables and counts, the live schema, rows, a user's view, the ERD."""
+"""``within-db inspect``: tables and counts, the live schema, rows, a user's view, the ERD,
+the API's JSON Schemas."""
 
 from __future__ import annotations
+
+import json
 
 import click
 
@@ -159,3 +162,25 @@ def erd(markdown) -> None:
       within-db inspect erd --markdown > docs/schema.md
     """
     click.echo(schema_markdown(ALL_MODELS) if markdown else mermaid(ALL_MODELS), nl=False)
+
+
+@inspect.command("json-schema")
+@click.argument("name", required=False, metavar="[MODEL]")
+def json_schema(name) -> None:
+    """The JSON Schema of MODEL's API schemas (Read, Create, Update), or of every schema.
+
+    Needs no database: the schemas are generated from the models. MODEL is a model name
+    (Campaign) or one schema's name (CampaignCreate).
+
+    \b
+    Example:
+      within-db inspect json-schema Campaign | jq '.CampaignCreate.required'
+    """
+    from within_db import schemas
+
+    known = schemas.schemas_by_name()
+    models = sorted(m.__name__ for m in schemas.READ)
+    if name is not None and name not in known and f"{name}Read" not in known:
+        raise click.BadParameter(f"no model or schema named {name!r}; models: "
+                                 f"{', '.join(models)}", param_hint="MODEL")
+    click.echo(json.dumps(schemas.json_schema(name), indent=2))

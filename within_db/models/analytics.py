@@ -14,7 +14,7 @@ from peewee import (
     TextField,
 )
 
-from within_db.base import BaseModel, TimestampedModel, check, one_of
+from within_db.base import BaseModel, TimestampedModel, check, choices, one_of
 from within_db.fields import UTCDateTimeField, utcnow
 from within_db.models.users import User
 
@@ -77,7 +77,7 @@ class Visualization(TimestampedModel):
 
     saved_query = ForeignKeyField(SavedQuery, on_delete="CASCADE", backref="visualizations")
     name = CharField(max_length=200)
-    chart_type = CharField(max_length=16)
+    chart_type = CharField(max_length=16, choices=choices(CHART_TYPES))
     options = JSONField(default=dict)
 
     class Meta:
@@ -145,8 +145,8 @@ class ReportExport(BaseModel):
     """One export of a report to a file, with its outcome."""
 
     report = ForeignKeyField(Report, on_delete="CASCADE", backref="exports")
-    format = CharField(max_length=8)
-    status = CharField(max_length=16, default="pending")
+    format = CharField(max_length=8, choices=choices(EXPORT_FORMATS))
+    status = CharField(max_length=16, default="pending", choices=choices(EXPORT_STATUSES))
     location = CharField(max_length=1024, null=True)
     row_count = BigIntegerField(null=True)
     error = TextField(null=True)
@@ -168,11 +168,11 @@ class ReportExport(BaseModel):
 class ShareLink(BaseModel):
     """A revocable, expiring link to a resource; only the token's SHA-256 is stored."""
 
-    resource_type = CharField(max_length=32)
+    resource_type = CharField(max_length=32, choices=choices(SHARE_RESOURCES))
     resource_id = CharField(max_length=64)
     token_hash = CharField(max_length=64, unique=True)
     prefix = CharField(max_length=16)
-    permission = CharField(max_length=8, default="view")
+    permission = CharField(max_length=8, default="view", choices=choices(SHARE_PERMISSIONS))
     created_by = ForeignKeyField(User, on_delete="CASCADE", backref="share_links")
     created_at = UTCDateTimeField(default=utcnow)
     expires_at = UTCDateTimeField()

@@ -15,7 +15,15 @@ from peewee import (
     UUIDField,
 )
 
-from within_db.base import BaseModel, TimestampedModel, check, currency_code, non_negative, one_of
+from within_db.base import (
+    BaseModel,
+    TimestampedModel,
+    check,
+    choices,
+    currency_code,
+    non_negative,
+    one_of,
+)
 from within_db.fields import MoneyField, UTCDateTimeField, utcnow
 from within_db.models.users import User
 
@@ -39,9 +47,9 @@ class Campaign(TimestampedModel):
     id = UUIDField(primary_key=True, default=uuid.uuid4)
     owner = ForeignKeyField(User, on_delete="RESTRICT", backref="campaigns", index=False)
     name = CharField(max_length=200)
-    objective = CharField(max_length=32)
-    platform = CharField(max_length=32)
-    status = CharField(max_length=16, default="draft")
+    objective = CharField(max_length=32, choices=choices(OBJECTIVES))
+    platform = CharField(max_length=32, choices=choices(PLATFORMS))
+    status = CharField(max_length=16, default="draft", choices=choices(CAMPAIGN_STATUSES))
     start_date = DateField()
     end_date = DateField(null=True)
     total_budget_micros = MoneyField(default=0)
@@ -67,7 +75,7 @@ class CampaignPlatformSetting(TimestampedModel):
 
     campaign = ForeignKeyField(Campaign, on_delete="CASCADE", backref="platform_settings",
                                index=False)
-    platform = CharField(max_length=32)
+    platform = CharField(max_length=32, choices=choices(PLATFORMS))
     settings = JSONField(default=dict)
 
     class Meta:
@@ -87,9 +95,9 @@ class Ad(TimestampedModel):
     headline = CharField(max_length=300, default="")
     body = TextField(default="")
     call_to_action = CharField(max_length=64, default="learn_more")
-    creative_type = CharField(max_length=16, default="image")
+    creative_type = CharField(max_length=16, default="image", choices=choices(CREATIVE_TYPES))
     media_url = CharField(max_length=2048, null=True)
-    status = CharField(max_length=16, default="draft")
+    status = CharField(max_length=16, default="draft", choices=choices(AD_STATUSES))
 
     class Meta:
         table_name = "ads"
@@ -171,7 +179,7 @@ class SpendRecord(BaseModel):
     occurred_at = UTCDateTimeField()
     amount_micros = MoneyField()
     currency = CharField(max_length=3, default="USD")
-    source = CharField(max_length=16, default="platform_api")
+    source = CharField(max_length=16, default="platform_api", choices=choices(SPEND_SOURCES))
     created_at = UTCDateTimeField(default=utcnow)
 
     class Meta:

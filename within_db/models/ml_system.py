@@ -14,7 +14,7 @@ from peewee import (
     TextField,
 )
 
-from within_db.base import BaseModel, TimestampedModel, check, one_of
+from within_db.base import BaseModel, TimestampedModel, check, choices, one_of
 from within_db.fields import UTCDateTimeField, utcnow
 from within_db.models.campaigns import Ad
 from within_db.models.users import User
@@ -34,7 +34,7 @@ class MLModel(TimestampedModel):
     """A registered model, unique by name; survives its owner (SET NULL)."""
 
     name = CharField(max_length=128, unique=True)
-    task = CharField(max_length=32)
+    task = CharField(max_length=32, choices=choices(TASKS))
     description = TextField(default="")
     owner = ForeignKeyField(User, null=True, on_delete="SET NULL", backref="ml_models")
 
@@ -50,7 +50,7 @@ class TrainingJob(TimestampedModel):
     """One training run of a model and its lifecycle timestamps."""
 
     model = ForeignKeyField(MLModel, on_delete="CASCADE", backref="training_jobs")
-    status = CharField(max_length=16, default="queued")
+    status = CharField(max_length=16, default="queued", choices=choices(JOB_STATUSES))
     parameters = JSONField(default=dict)
     dataset_spec = JSONField(default=dict)
     started_at = UTCDateTimeField(null=True)
@@ -71,7 +71,7 @@ class ModelVersion(BaseModel):
 
     model = ForeignKeyField(MLModel, on_delete="CASCADE", backref="versions", index=False)
     version = IntegerField()
-    stage = CharField(max_length=16, default="none")
+    stage = CharField(max_length=16, default="none", choices=choices(STAGES))
     artifact_uri = CharField(max_length=1024)
     framework = CharField(max_length=64, default="")
     hyperparameters = JSONField(default=dict)
@@ -124,7 +124,7 @@ class ModelMetric(BaseModel):
                                     index=False)
     name = CharField(max_length=64)
     value = DoubleField()
-    split = CharField(max_length=16, default="validation")
+    split = CharField(max_length=16, default="validation", choices=choices(SPLITS))
     step = IntegerField(null=True)
     recorded_at = UTCDateTimeField(default=utcnow)
 

@@ -15,7 +15,7 @@ from peewee import (
     UUIDField,
 )
 
-from within_db.base import BaseModel, TimestampedModel, check, one_of, separated_by
+from within_db.base import BaseModel, TimestampedModel, check, choices, one_of, separated_by
 from within_db.fields import EmailField, UTCDateTimeField, utcnow
 
 __all__ = [
@@ -65,7 +65,7 @@ class Credential(BaseModel):
 
     user = ForeignKeyField(User, unique=True, on_delete="CASCADE", backref="+")
     password_hash = CharField(max_length=255)
-    algorithm = CharField(max_length=32, default="argon2id")
+    algorithm = CharField(max_length=32, default="argon2id", choices=choices(PASSWORD_ALGORITHMS))
     changed_at = UTCDateTimeField(default=utcnow)
 
     class Meta:
@@ -131,7 +131,7 @@ class AccessToken(BaseModel):
 
     user = ForeignKeyField(User, on_delete="CASCADE", backref="access_tokens")
     token_hash = CharField(max_length=64, unique=True)
-    kind = CharField(max_length=16)
+    kind = CharField(max_length=16, choices=choices(TOKEN_KINDS))
     prefix = CharField(max_length=16)
     name = CharField(max_length=100, default="")
     created_at = UTCDateTimeField(default=utcnow)
