@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -43,11 +44,11 @@ def jsonable(value: Any) -> Any:
     raise TypeError(f"cannot make {type(value).__name__} JSON-serialisable")
 
 
-def _uuid_text(value) -> str:
+def _uuid_text(value: uuid.UUID | str) -> str:
     return str(value if isinstance(value, uuid.UUID) else uuid.UUID(value))
 
 
-def _json_converter(field: peewee.Field):
+def _json_converter(field: peewee.Field) -> Callable[[Any], Any] | None:
     """Return f(raw database value) -> the value ``to_dict()`` gives, or None for identity."""
     target = storage_field(field)
     if isinstance(target, peewee.UUIDField):
@@ -63,7 +64,7 @@ def _json_converter(field: peewee.Field):
         return None
     python_value = target.python_value
 
-    def convert(value):
+    def convert(value: Any) -> Any:
         return jsonable(python_value(value))
 
     return convert
@@ -71,6 +72,10 @@ def _json_converter(field: peewee.Field):
 
 class BaseModel(peewee.Model):
     """Every within_db model: bound to the proxy, flat secret-free ``to_dict()``."""
+
+    # Every within_db model's primary key is ``id`` (an integer, or a UUID where declared);
+    # peewee adds the implicit one at runtime, so type checkers are told here.
+    id: Any
 
     class Meta:
         database = database
@@ -122,13 +127,13 @@ class TimestampedModel(BaseModel):
     created_at = UTCDateTimeField(default=utcnow)
     updated_at = UTCDateTimeField(default=utcnow)
 
-    def save(self, *args, **kwargs):
-        if self._pk is not None and not kwargs.get("force_insert"):
+    def save(self, *args: Any, **kwargs: Any) -> int:
+        if self.get_id() is not None and not kwargs.get("force_insert"):
             self.updated_at = utcnow()
         return super().save(*args, **kwargs)
 
 
-def check(table: str, rule: str, expression: str) -> peewee.NodeList:
+def check(table: str, rule: str, expression: str) -> peewee.SQL | peewee.NodeList:
     """Return a CHECK constraint named ``<table>_<rule>_check``.
 
     Refuses (at import) an expression that playhouse's SQLite table rebuild cannot parse,

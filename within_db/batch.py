@@ -11,26 +11,31 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import peewee
 
-from within_db.db import BulkLoadFailed, bound
+from within_db.db import Backend, BulkLoadFailed, bound
 from within_db.errors import BulkInsertError, ConfigurationError, ValidationError
 from within_db.fields import MoneyField, UTCDateTimeField, format_utc, storage_field, to_micros
 from within_db.integrity import violation
 
-__all__ = ["DEFAULT_BATCH", "DEFAULT_CHUNK", "bulk_insert", "stream", "to_dataframe"]
+if TYPE_CHECKING:
+    import pandas
+
+__all__ = ["DEFAULT_BATCH", "DEFAULT_CHUNK", "Row", "bulk_insert", "stream", "to_dataframe"]
 
 DEFAULT_BATCH = 10_000
 DEFAULT_CHUNK = 2_000
 _PASSTHROUGH = (peewee.IntegerField, peewee.FloatField, peewee.CharField, peewee.TextField,
                 peewee.BooleanField)
+#: a row for ``bulk_insert``: a dict keyed by field name, or a tuple in ``fields`` order
+Row: TypeAlias = dict[str, Any] | Sequence[Any]
 
 
-def _insert_fields(model) -> list[peewee.Field]:
+def _insert_fields(model: type[peewee.Model]) -> list[peewee.Field]:
     return [f for f in model._meta.sorted_fields if not isinstance(f, peewee.AutoField)]
 
 
@@ -50,14 +55,15 @@ def _converter(field: peewee.Field) -> Callable[[Any], Any] | None:
     return target.db_value
 
 
-def _date_text(value):
+def _date_text(value: Any) -> str:
     return value.isoformat() if isinstance(value, dt.date) else str(value)
 
 
 _MISSING = object()
 
 
-def _rows(fields: list[peewee.Field], rows: Iterable, tuple_fields) -> Iterator[tuple]:
+def _rows(fields: list[peewee.Field], rows: Iterable[Row],
+          tuple_fields: list[str]) -> Iterator[tuple[Any, ...]]:
     """Yield storage-ready tuples; raise BulkInsertError naming the row position."""
     plan = []
     for f in fields:
@@ -93,7 +99,7 @@ def _rows(fields: list[peewee.Field], rows: Iterable, tuple_fields) -> Iterator[
                                   position=position) from None
 
 
-def bulk_insert(model, rows: Iterable[dict | tuple], batch_size: int | None = None,
+def bulk_insert(model: type[peewee.Model], rows: Iterable[Row], batch_size: int | None = None,
                 fields: list[str] | None = None) -> int:
     """Insert ``rows`` (dicts keyed by field name, or tuples in ``fields`` order) atomically.
 
@@ -118,7 +124,7 @@ def bulk_insert(model, rows: Iterable[dict | tuple], batch_size: int | None = No
         raise _failed(db, exc) from None
 
 
-def _failed(db, exc: BulkLoadFailed) -> BulkInsertError:
+def _failed(db: Backend, exc: BulkLoadFailed) -> BulkInsertError:
     position = exc.position
     if exc.integrity is None:
         return BulkInsertError(f"row {position} has a value of the wrong type or size for its "
@@ -138,7 +144,7 @@ def _escape(value: str) -> str:
     return value.translate(_ESCAPES)
 
 
-def _bool_text(value) -> str:
+def _bool_text(value: Any) -> str:
     return "t" if value else "f"
 
 
@@ -185,11 +191,12 @@ def stream(query: peewee.SelectBase, chunk_size: int = DEFAULT_CHUNK) -> Iterato
         yield from _convert(db, query, cursor, fetch, chunk_size)
 
 
-def _convert(db, query, cursor, fetchmany, chunk_size) -> Iterator[Any]:
+def _convert(db: Backend, query: peewee.SelectBase, cursor: Any,
+             fetchmany: Callable[[int], list[Any]], chunk_size: int) -> Iterator[Any]:
     chunk = fetchmany(chunk_size)
     if not chunk:
         return
-    wrapper = query._get_cursor_wrapper(cursor)
+    wrapper = query._get_cursor_wrapper(cursor)  # type: ignore[attr-defined]  # private
     wrapper.initialize()
     if type(wrapper) is not peewee.ModelDictCursorWrapper:
         process = wrapper.process_row  # tuples, models: peewee's own row building
@@ -208,7 +215,8 @@ def _convert(db, query, cursor, fetchmany, chunk_size) -> Iterator[Any]:
         chunk = fetchmany(chunk_size)
 
 
-def _dict_builder(names: list[str], readers: dict[int, Callable]) -> Callable[[tuple], dict]:
+def _dict_builder(names: list[str], readers: dict[int, Callable[[Any], Any]]
+                  ) -> Callable[[tuple[Any, ...]], dict[str, Any]]:
     """Compile ``row -> dict`` for these columns, as namedtuple compiles its class.
 
     A dict display with the conversions inlined is as fast as hand-written code; names are
@@ -220,10 +228,13 @@ def _dict_builder(names: list[str], readers: dict[int, Callable]) -> Callable[[t
         value = (f"(_c{i}(r[{i}]) if r[{i}] is not None else None)" if i in readers
                  else f"r[{i}]")
         items.append(f"{str(name)!r}: {value}")
-    return eval("lambda r: {" + ", ".join(items) + "}", env)  # noqa: S307
+    build: Callable[[tuple[Any, ...]], dict[str, Any]] = eval(  # noqa: S307
+        "lambda r: {" + ", ".join(items) + "}", env)
+    return build
 
 
-def _reader(field: peewee.Field | None, default: Callable, db) -> Callable | None:
+def _reader(field: peewee.Field | None, default: Callable[[Any], Any],
+            db: Backend) -> Callable[[Any], Any] | None:
     """The cheapest exact conversion of a driver value for the hot loop (None: keep it)."""
     target = storage_field(field) if field is not None else None
     if isinstance(target, UTCDateTimeField):
@@ -270,7 +281,7 @@ def _dtype_of(field: peewee.Field) -> str | None:
     return None  # JSON and anything else stay Python objects
 
 
-def to_dataframe(query: peewee.SelectQuery):
+def to_dataframe(query: peewee.Select) -> pandas.DataFrame:
     """Return a pandas DataFrame of ``query`` typed from its fields (needs the ``ml`` extra).
 
     Integers become nullable Int64, dates datetime64, instants datetime64 in UTC, money
@@ -285,7 +296,7 @@ def to_dataframe(query: peewee.SelectQuery):
     for node in query.selected_columns:
         field = node.unwrap() if isinstance(node, peewee.Node) else node
         if isinstance(field, peewee.Field):
-            name = node._alias if isinstance(node, peewee.Alias) else field.name
+            name = node.name if isinstance(node, peewee.Alias) else field.name
             dtypes[name] = _dtype_of(field)
     rows = list(stream(query.dicts()))
     frame = pd.DataFrame.from_records(rows, columns=list(dtypes) or None)

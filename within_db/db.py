@@ -15,7 +15,8 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import peewee
@@ -26,9 +27,10 @@ from playhouse.postgres_ext import PooledPostgresqlExtDatabase, PostgresqlExtDat
 from within_db.errors import ConfigurationError, DatabaseUnavailableError, NotConnectedError
 
 __all__ = [
-    "BUSY_TIMEOUT", "BrokenForeignKeys", "BulkLoadFailed", "CONNECT_TIMEOUT", "DEFAULT_URL",
-    "PooledPostgresDatabase", "PostgresDatabase", "SCHEMES", "SqliteDatabase", "backend", "bound",
-    "connect", "database", "get_db", "make_database", "redact_url", "write_transaction",
+    "BUSY_TIMEOUT", "Backend", "BrokenForeignKeys", "BulkLoadFailed", "CONNECT_TIMEOUT",
+    "DEFAULT_URL", "PooledPostgresDatabase", "PostgresDatabase", "SCHEMES", "SqliteDatabase",
+    "backend", "bound", "connect", "database", "get_db", "make_database", "redact_url",
+    "write_transaction",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,13 +66,13 @@ logging.getLogger("peewee").addFilter(_RedactSecretParams())
 class _Proxy(peewee.DatabaseProxy):
     """A DatabaseProxy whose misuse before ``connect()`` says what to do."""
 
-    def __getattr__(self, attr):
+    def __getattr__(self, attr: str) -> Any:
         return getattr(bound(self.obj), attr)
 
-    def __enter__(self):
+    def __enter__(self) -> Any:
         return self.__getattr__("__enter__")()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Any:
         return self.__getattr__("__exit__")(*exc)
 
 
@@ -126,6 +128,11 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+_Select = TypeVar("_Select", bound=peewee.Select)
+#: ``fetch(n)`` of a streaming cursor: the next ``n`` rows, empty at the end
+_Fetch: TypeAlias = Callable[[int], list[Any]]
+
+
 class SqliteDatabase(_Redacted, peewee.SqliteDatabase):
     """peewee's SqliteDatabase with within_db's column types and a race-free WAL switch.
 
@@ -137,8 +144,11 @@ class SqliteDatabase(_Redacted, peewee.SqliteDatabase):
     #: the driver returns JSON and instants as text
     native_json = False
     native_datetimes = False
+    # peewee internals read by _set_pragmas (absent from peewee's stubs)
+    _pragmas: list[tuple[str, Any]]
+    _timeout: float
 
-    def _set_pragmas(self, conn):
+    def _set_pragmas(self, conn: sqlite3.Connection) -> None:
         cursor = conn.cursor()
         try:
             for pragma, value in self._pragmas:
@@ -149,7 +159,7 @@ class SqliteDatabase(_Redacted, peewee.SqliteDatabase):
         finally:
             cursor.close()
 
-    def _set_journal_mode(self, cursor, mode: str) -> None:
+    def _set_journal_mode(self, cursor: sqlite3.Cursor, mode: str) -> None:
         # WAL persists in the file, so only a new file needs the switch; the switch wants an
         # exclusive lock and SQLite does not wait for it, so retry while another process
         # (say, a concurrent `migrate up`) holds the file.
@@ -167,7 +177,7 @@ class SqliteDatabase(_Redacted, peewee.SqliteDatabase):
 
     # -- transactions and locks ----------------------------------------------------------------
 
-    def write_transaction(self) -> Any:
+    def write_transaction(self) -> AbstractContextManager[Any]:
         """Return a transaction that holds the write lock from its first statement.
 
         A top-level transaction starts IMMEDIATE, so a read-then-write sequence never fails on
@@ -175,7 +185,7 @@ class SqliteDatabase(_Redacted, peewee.SqliteDatabase):
         """
         return self.atomic() if self.in_transaction() else self.atomic("IMMEDIATE")
 
-    def lock_rows(self, query: peewee.SelectQuery) -> peewee.SelectQuery:
+    def lock_rows(self, query: _Select) -> _Select:
         """Return ``query`` unchanged: a write transaction already excludes other writers."""
         return query
 
@@ -213,7 +223,7 @@ class SqliteDatabase(_Redacted, peewee.SqliteDatabase):
                 raise BrokenForeignKeys(sorted({row[0] for row in broken}))
 
     @contextlib.contextmanager
-    def scratch(self) -> Iterator[peewee.Database]:
+    def scratch(self) -> Iterator[Backend]:
         """Yield an empty in-memory database for the drift check."""
         scratch = make_database("sqlite:///:memory:")
         with scratch.connection_context():
@@ -226,7 +236,7 @@ class SqliteDatabase(_Redacted, peewee.SqliteDatabase):
 
     # -- bulk and streaming paths --------------------------------------------------------------
 
-    def bulk_load(self, table: str, columns: list[str], rows: Iterable[tuple],
+    def bulk_load(self, table: str, columns: list[str], rows: Iterable[tuple[Any, ...]],
                   formatters: list[Callable[[Any], str]], batch_size: int) -> int:
         """Insert storage-ready tuples in one transaction with ``executemany``; return the count.
 
@@ -237,7 +247,7 @@ class SqliteDatabase(_Redacted, peewee.SqliteDatabase):
         sql = f"INSERT INTO {_quote(table)} ({names}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608 - model names, quoted
         last = [-1]
 
-        def counted() -> Iterator[tuple]:
+        def counted() -> Iterator[tuple[Any, ...]]:
             # sqlite3 binds and steps one row per item drawn, so the last index drawn is the
             # row that failed.
             for last[0], row in enumerate(rows):
@@ -254,7 +264,7 @@ class SqliteDatabase(_Redacted, peewee.SqliteDatabase):
         return last[0] + 1
 
     @contextlib.contextmanager
-    def streaming_cursor(self, sql: str, params: Any) -> Iterator[tuple[Any, Callable]]:
+    def streaming_cursor(self, sql: str, params: Any) -> Iterator[tuple[Any, _Fetch]]:
         """Yield ``(cursor, fetchmany)`` over the query's rows; SQLite's cursor is lazy."""
         cursor = self.execute_sql(sql, params)
         try:
@@ -277,8 +287,8 @@ _COPY_LINE = re.compile(r"COPY \S+, line (\d+)")
 class _CopySource:
     """A file-like object producing COPY text from row tuples, ``batch_size`` rows at a time."""
 
-    def __init__(self, rows: Iterable[tuple], formatters: list[Callable[[Any], str]],
-                 batch_size: int):
+    def __init__(self, rows: Iterable[tuple[Any, ...]], formatters: list[Callable[[Any], str]],
+                 batch_size: int) -> None:
         self.rows = iter(rows)
         self.formatters = formatters
         self.batch_size = batch_size
@@ -286,7 +296,7 @@ class _CopySource:
         self.count = 0
         self.error: Exception | None = None
 
-    def _chunk(self) -> list[tuple]:
+    def _chunk(self) -> list[tuple[Any, ...]]:
         chunk = []
         for row in self.rows:
             chunk.append(row)
@@ -318,25 +328,29 @@ class _CopySource:
     readline = read
 
 
-class _PostgresBackend:
-    """Mixin: what PostgreSQL does differently, shared by the plain and the pooled class."""
+class _PostgresBackend(peewee.PostgresqlDatabase):
+    """What PostgreSQL does differently, shared by the plain and the pooled class.
+
+    Listed before playhouse's classes in their bases, so its methods come first.
+    """
 
     kind = "postgres"
     #: psycopg2 decodes jsonb and returns aware datetimes for TIMESTAMPTZ
     native_json = True
     native_datetimes = True
+    url: str
 
-    def _connect(self):
+    def _connect(self) -> Any:
         try:
-            return super()._connect()
+            return super()._connect()  # type: ignore[misc]  # private, absent from the stubs
         except psycopg2.OperationalError as exc:
             raise _unavailable(self, exc) from exc
 
-    def write_transaction(self) -> Any:
+    def write_transaction(self) -> AbstractContextManager[Any]:
         """Return a plain transaction (row locks do the rest); a nested call joins the caller's."""
         return self.atomic()
 
-    def lock_rows(self, query: peewee.SelectQuery) -> peewee.SelectQuery:
+    def lock_rows(self, query: _Select) -> _Select:
         """Return ``query`` with FOR UPDATE: its rows stay locked until the transaction ends."""
         return query.for_update()
 
@@ -362,7 +376,7 @@ class _PostgresBackend:
         yield
 
     @contextlib.contextmanager
-    def scratch(self) -> Iterator[peewee.Database]:
+    def scratch(self) -> Iterator[Backend]:
         """Yield an empty database of the same server: a temporary schema, dropped after."""
         schema = f"within_scratch_{uuid.uuid4().hex[:12]}"
         with self.connection_context():
@@ -381,7 +395,7 @@ class _PostgresBackend:
                "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'")
         return sorted(row[0] for row in self.execute_sql(sql).fetchall())
 
-    def bulk_load(self, table: str, columns: list[str], rows: Iterable[tuple],
+    def bulk_load(self, table: str, columns: list[str], rows: Iterable[tuple[Any, ...]],
                   formatters: list[Callable[[Any], str]], batch_size: int) -> int:
         """Stream the tuples through ``COPY ... FROM STDIN`` in one transaction; return the count.
 
@@ -408,7 +422,7 @@ class _PostgresBackend:
         return source.count
 
     @contextlib.contextmanager
-    def streaming_cursor(self, sql: str, params: Any) -> Iterator[tuple[Any, Callable]]:
+    def streaming_cursor(self, sql: str, params: Any) -> Iterator[tuple[Any, _Fetch]]:
         """Yield ``(cursor, fetch)`` over a server-side cursor declared in a transaction.
 
         psycopg2's named cursors would need WITH HOLD outside a transaction, which builds the
@@ -419,7 +433,7 @@ class _PostgresBackend:
             cursor = self.connection().cursor()
             cursor.execute(f'DECLARE "{name}" NO SCROLL CURSOR FOR {sql}', params)
 
-            def fetch(n: int) -> list:
+            def fetch(n: int) -> list[tuple[Any, ...]]:
                 cursor.execute(f'FETCH FORWARD {int(n)} FROM "{name}"')
                 return cursor.fetchall()
 
@@ -444,7 +458,7 @@ class PooledPostgresDatabase(_Redacted, _PostgresBackend, PooledPostgresqlExtDat
     """The pooled variant of :class:`PostgresDatabase`."""
 
 
-def _unavailable(db, exc: Exception) -> DatabaseUnavailableError:
+def _unavailable(db: peewee.Database, exc: Exception) -> DatabaseUnavailableError:
     # The driver's text is classified, never echoed: it may name users or hosts we redact.
     params = db.connect_params
     where = f"{params.get('host', 'localhost')}:{params.get('port', 5432)}"
@@ -471,7 +485,11 @@ def _resolve_url(url: str | None) -> str:
     return url.strip()
 
 
-def make_database(url: str | None = None, **options) -> peewee.Database:
+#: the databases ``make_database`` builds; each implements every backend-specific operation
+Backend: TypeAlias = SqliteDatabase | PostgresDatabase | PooledPostgresDatabase
+
+
+def make_database(url: str | None = None, **options: Any) -> Backend:
     """Build (without binding or opening) the database a URL describes.
 
     Keyword options override what the URL's query string says.
@@ -491,6 +509,7 @@ def make_database(url: str | None = None, **options) -> peewee.Database:
     kwargs.update(options)
     name = kwargs.pop("database", "")
 
+    db: Backend
     if scheme == "sqlite":
         db = _make_sqlite(name or ":memory:", kwargs)
     else:
@@ -504,9 +523,9 @@ def make_database(url: str | None = None, **options) -> peewee.Database:
     return db
 
 
-def _make_sqlite(name: str, kwargs: dict) -> SqliteDatabase:
+def _make_sqlite(name: str, kwargs: dict[str, Any]) -> SqliteDatabase:
     timeout = float(kwargs.pop("timeout", BUSY_TIMEOUT))
-    pragmas = {"foreign_keys": 1}
+    pragmas: dict[str, Any] = {"foreign_keys": 1}
     if name != ":memory:" and not name.startswith("file::memory:"):
         # WAL lets readers in other processes work during a write; NORMAL is durable under WAL.
         pragmas.update(journal_mode="wal", synchronous="normal")
@@ -517,7 +536,8 @@ def _make_sqlite(name: str, kwargs: dict) -> SqliteDatabase:
     )
 
 
-def _make_postgres(scheme: str, name: str, kwargs: dict) -> peewee.Database:
+def _make_postgres(scheme: str, name: str,
+                   kwargs: dict[str, Any]) -> PostgresDatabase | PooledPostgresDatabase:
     kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT)
     kwargs.setdefault("application_name", "within_db")
     options = kwargs.pop("options", "")
@@ -529,7 +549,7 @@ def _make_postgres(scheme: str, name: str, kwargs: dict) -> peewee.Database:
     return PostgresDatabase(name, **kwargs)
 
 
-def connect(url: str | None = None, **options) -> peewee.Database:
+def connect(url: str | None = None, **options: Any) -> Backend:
     """Bind the proxy to the database ``url`` describes and return that database.
 
     ``url`` falls back to ``$DATABASE_URL``, then ``sqlite:///within.db``. Calling it again
@@ -545,7 +565,7 @@ def connect(url: str | None = None, **options) -> peewee.Database:
     return db
 
 
-def get_db() -> Iterator[peewee.Database]:
+def get_db() -> Iterator[Backend]:
     """Yield the bound database with an open connection (binding the default if unbound).
 
     Supports the original design's ``db = next(get_db())``; a connection opened here closes
@@ -561,7 +581,7 @@ def get_db() -> Iterator[peewee.Database]:
             db.close()
 
 
-def bound(db: peewee.Database | None = None) -> Any:
+def bound(db: Backend | None = None) -> Backend:
     """Return ``db``, else the database the proxy is bound to; NotConnectedError if neither."""
     db = db if db is not None else database.obj
     if db is None:
@@ -572,7 +592,7 @@ def bound(db: peewee.Database | None = None) -> Any:
     return db
 
 
-def write_transaction(db: peewee.Database | None = None) -> Any:
+def write_transaction(db: Backend | None = None) -> AbstractContextManager[Any]:
     """Return a transaction that holds the write lock from its first statement.
 
     On SQLite a top-level transaction starts IMMEDIATE, so a read-then-write sequence never
@@ -581,6 +601,6 @@ def write_transaction(db: peewee.Database | None = None) -> Any:
     return bound(db).write_transaction()
 
 
-def backend(db: peewee.Database | None = None) -> str:
+def backend(db: Backend | None = None) -> str:
     """Return ``"sqlite"`` or ``"postgres"`` for ``db`` (default: the bound database)."""
     return bound(db).kind

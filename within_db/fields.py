@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import unicodedata
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 import peewee
 
@@ -52,7 +53,7 @@ class UTCDateTimeField(peewee.Field):
 
     field_type = "TIMESTAMPTZ"
 
-    def db_value(self, value):
+    def db_value(self, value: Any) -> str | None:
         if value is None:
             return None
         if isinstance(value, str):
@@ -66,7 +67,7 @@ class UTCDateTimeField(peewee.Field):
             raise ValidationError(f"{self.name}: expected a datetime, got {type(value).__name__}")
         return format_utc(value)
 
-    def python_value(self, value):
+    def python_value(self, value: Any) -> dt.datetime | None:
         if value is None:
             return None
         if isinstance(value, str):
@@ -74,7 +75,7 @@ class UTCDateTimeField(peewee.Field):
         return value.astimezone(UTC)
 
 
-def to_micros(value, name: str = "amount") -> int:
+def to_micros(value: Any, name: str = "amount") -> int:
     """Convert a Decimal, int or numeric string of currency units to integer micros."""
     if isinstance(value, (bool, float)):
         raise ValidationError(
@@ -97,12 +98,12 @@ class MoneyField(peewee.BigIntegerField):
     Name the column ``*_micros`` and keep a ``currency`` beside it. SQL sums stay exact integers.
     """
 
-    def db_value(self, value):
+    def db_value(self, value: Any) -> int | None:
         if value is None:
             return None
         return to_micros(value, self.name)
 
-    def python_value(self, value):
+    def python_value(self, value: Any) -> Decimal | None:
         if value is None:
             return None
         return Decimal(value).scaleb(-6)
@@ -116,7 +117,7 @@ def normalise_email(value: str) -> str:
 class EmailField(peewee.CharField):
     """An email address stored normalised, so a plain UNIQUE is case-insensitive."""
 
-    def db_value(self, value):
+    def db_value(self, value: Any) -> str | None:
         if value is None:
             return None
         return normalise_email(str(value))

@@ -10,11 +10,16 @@ import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import peewee
 
 from within_db.db import database
 from within_db.errors import ConflictError
+
+if TYPE_CHECKING:
+    import psycopg2
+    import psycopg2.extensions
 
 __all__ = ["Violation", "conflict_on", "violation"]
 
@@ -40,7 +45,7 @@ class Violation:
 
 def violation(exc: peewee.IntegrityError, db: peewee.Database) -> Violation | None:
     """Return the constraint ``exc`` reports, or None if it cannot be told."""
-    orig = getattr(exc, "orig", None) or (exc.args[0] if exc.args else None)
+    orig: Any = getattr(exc, "orig", None) or (exc.args[0] if exc.args else None)
     diag = getattr(orig, "diag", None)
     if diag is not None:
         return _postgres(orig, diag)
@@ -66,8 +71,8 @@ def conflict_on(constraint: str, message: str) -> Iterator[None]:
 _PG_KINDS = {"23514": "check", "23505": "unique", "23502": "not_null", "23503": "foreign_key"}
 
 
-def _postgres(orig, diag) -> Violation | None:
-    kind = _PG_KINDS.get(getattr(orig, "pgcode", None))
+def _postgres(orig: psycopg2.Error, diag: psycopg2.extensions.Diagnostics) -> Violation | None:
+    kind = _PG_KINDS.get(orig.pgcode or "")
     if kind is None:
         return None
     if kind == "not_null":

@@ -11,24 +11,27 @@ import importlib.resources
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TypeAlias
 
-import peewee
 from playhouse.migrations import MigrationError as PlayhouseMigrationError
 from playhouse.migrations import Runner as PlayhouseRunner
 
-from within_db.db import BrokenForeignKeys, bound, make_database
+from within_db.db import Backend, BrokenForeignKeys, bound, make_database
 from within_db.errors import MigrationError, NotMigratedError
 
 __all__ = [
-    "ADVISORY_LOCK_KEY", "HISTORY_TABLE", "MigrationState", "Runner", "create", "downgrade",
-    "downgrade_plan", "head", "migrations_dir", "pending", "require_migrated", "rows_at_risk",
-    "status", "upgrade",
+    "ADVISORY_LOCK_KEY", "Directory", "HISTORY_TABLE", "MigrationState", "Runner", "create",
+    "downgrade", "downgrade_plan", "head", "migrations_dir", "pending", "require_migrated",
+    "rows_at_risk", "status", "upgrade",
 ]
 
 log = logging.getLogger(__name__)
 
 HISTORY_TABLE = "schema_migrations"
 ADVISORY_LOCK_KEY = 0x77697468  # "with": one key for every within_db migration runner
+#: a folder of migration scripts; None means the ones shipped with the package
+Directory: TypeAlias = str | Path | None
 
 
 def migrations_dir() -> Path:
@@ -39,18 +42,20 @@ def migrations_dir() -> Path:
 class Runner(PlayhouseRunner):
     """playhouse's Runner, serialised across processes and with SQLite foreign-key care."""
 
-    def __init__(self, db: peewee.Database, directory: str | Path | None = None):
+    database: Backend
+
+    def __init__(self, db: Backend, directory: Directory = None) -> None:
         super().__init__(db, str(directory or migrations_dir()), table_name=HISTORY_TABLE)
 
-    def up(self, target=None, fake=False):
+    def up(self, target: str | None = None, fake: bool = False) -> list[str]:
         with self.database.connection_context(), self.database.migration_lock(ADVISORY_LOCK_KEY):
             return super().up(target, fake)
 
-    def down(self, target=None):
+    def down(self, target: str | None = None) -> list[str]:
         with self.database.connection_context(), self.database.migration_lock(ADVISORY_LOCK_KEY):
             return super().down(target)
 
-    def _run(self, name, module, direction, fake=False):
+    def _run(self, name: str, module: ModuleType, direction: str, fake: bool = False) -> None:
         if fake:
             return super()._run(name, module, direction, fake)
         try:
@@ -79,7 +84,7 @@ class MigrationState:
     file_missing: bool
 
 
-def status(db: peewee.Database | None = None, directory=None) -> list[MigrationState]:
+def status(db: Backend | None = None, directory: Directory = None) -> list[MigrationState]:
     """Return every migration (file or history row) with whether it is applied."""
     runner = Runner(bound(db), directory)
     with runner.database.connection_context():
@@ -87,18 +92,19 @@ def status(db: peewee.Database | None = None, directory=None) -> list[MigrationS
     return [MigrationState(m.name, m.applied is not None, m.path is None) for m in rows]
 
 
-def pending(db: peewee.Database | None = None, directory=None) -> list[str]:
+def pending(db: Backend | None = None, directory: Directory = None) -> list[str]:
+    """Return the names of the migrations not yet applied, oldest first."""
     return [m.name for m in status(db, directory) if not m.applied]
 
 
-def head(db: peewee.Database | None = None, directory=None) -> str | None:
+def head(db: Backend | None = None, directory: Directory = None) -> str | None:
     """Return the name of the last applied migration, or None."""
     applied = [m.name for m in status(db, directory) if m.applied]
     return applied[-1] if applied else None
 
 
-def upgrade(db: peewee.Database | None = None, target: str | None = None, fake: bool = False,
-            directory=None) -> list[str]:
+def upgrade(db: Backend | None = None, target: str | None = None, fake: bool = False,
+            directory: Directory = None) -> list[str]:
     """Apply pending migrations (up to ``target``); return the names applied.
 
     Raises MigrationError for an unknown target or a failing script (which leaves nothing).
@@ -112,8 +118,8 @@ def upgrade(db: peewee.Database | None = None, target: str | None = None, fake: 
     return applied
 
 
-def downgrade(db: peewee.Database | None = None, target: str | None = None,
-              directory=None) -> list[str]:
+def downgrade(db: Backend | None = None, target: str | None = None,
+              directory: Directory = None) -> list[str]:
     """Revert the last migration, or every one back through ``target``; return the names."""
     try:
         return Runner(bound(db), directory).down(target)
@@ -121,8 +127,8 @@ def downgrade(db: peewee.Database | None = None, target: str | None = None,
         raise _translate(exc) from None
 
 
-def downgrade_plan(db: peewee.Database | None = None, target: str | None = None,
-                   directory=None) -> list[str]:
+def downgrade_plan(db: Backend | None = None, target: str | None = None,
+                   directory: Directory = None) -> list[str]:
     """Return the names ``downgrade`` would revert, newest first, without reverting."""
     applied = [m.name for m in status(db, directory) if m.applied]
     if target is not None and target not in applied:
@@ -135,7 +141,8 @@ def downgrade_plan(db: peewee.Database | None = None, target: str | None = None,
     return list(reversed(applied[applied.index(target):]))
 
 
-def rows_at_risk(db: peewee.Database | None, plan: list[str], directory=None) -> dict[str, int]:
+def rows_at_risk(db: Backend | None, plan: list[str],
+                 directory: Directory = None) -> dict[str, int]:
     """Return {table: rows} for tables holding rows that reverting ``plan`` would drop.
 
     The dropped tables are found by building the schema in scratch space before and after
@@ -158,7 +165,7 @@ def rows_at_risk(db: peewee.Database | None, plan: list[str], directory=None) ->
     return {t: n for t, n in counts.items() if n}
 
 
-def require_migrated(db: peewee.Database | None = None) -> None:
+def require_migrated(db: Backend | None = None) -> None:
     """Raise NotMigratedError unless every shipped migration is applied."""
     states = status(bound(db))
     missing = [m.name for m in states if not m.applied]
@@ -169,6 +176,6 @@ def require_migrated(db: peewee.Database | None = None) -> None:
         )
 
 
-def create(name: str, directory=None) -> str:
+def create(name: str, directory: Directory = None) -> str:
     """Write an empty numbered migration script; return its path."""
     return Runner(make_database("sqlite:///:memory:"), directory).create(name)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 import click
 import peewee
 
 import within_db
+from within_db.db import Backend
 from within_db.errors import WithinDBError
 from within_db.integrity import violation
 
@@ -27,9 +30,9 @@ class Settings:
     url: str | None
     debug: bool
     migrations: str | None = None
-    _db: peewee.Database | None = field(default=None, repr=False)
+    _db: Backend | None = field(default=None, repr=False)
 
-    def database(self) -> peewee.Database:
+    def database(self) -> Backend:
         if self._db is None:
             self._db = within_db.connect(self.url)
         return self._db
@@ -38,13 +41,15 @@ class Settings:
 class Boundary(click.Group):
     """A click group whose ``main`` turns every failure into one line and an exit code."""
 
-    def main(self, args=None, prog_name=None, **extra):
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> NoReturn:
+        """Run the command; exit with its code (standalone mode is always off here)."""
         args = list(sys.argv[1:] if args is None else args)
         debug = "--debug" in args
-        extra.pop("standalone_mode", None)
         try:
             code = super().main(args=args, prog_name=prog_name or "within-db",
-                                standalone_mode=False, **extra)
+                                complete_var=complete_var, standalone_mode=False, **extra)
         except click.exceptions.Abort:
             click.echo("Error: aborted", err=True)
             code = 1

@@ -4,6 +4,7 @@ the API's JSON Schemas."""
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,10 +17,14 @@ from within_db.schema.erd import mermaid, schema_markdown
 from within_db.services.campaigns import get_user_campaigns
 from within_db.services.users import find_user, role_names
 
+if TYPE_CHECKING:
+    from within_db.cli import Settings
+    from within_db.db import Backend
+
 __all__ = ["inspect"]
 
 
-def _migrated_db(settings):
+def _migrated_db(settings: Settings) -> Backend:
     db = settings.database()
     migrations.require_migrated(db)
     return db
@@ -28,7 +33,7 @@ def _migrated_db(settings):
 @click.group(invoke_without_command=True)
 @format_option
 @click.pass_context
-def inspect(ctx, fmt) -> None:
+def inspect(ctx: click.Context, fmt: str | None) -> None:
     """Show what is inside a database (alone: every table with its row count).
 
     \b
@@ -44,7 +49,7 @@ def inspect(ctx, fmt) -> None:
 @inspect.command()
 @format_option
 @click.pass_obj
-def tables(settings, fmt) -> None:
+def tables(settings: Settings, fmt: str | None) -> None:
     """Every table with its row count, and the applied migration head.
 
     \b
@@ -63,7 +68,7 @@ def tables(settings, fmt) -> None:
 @click.argument("table", required=False)
 @format_option
 @click.pass_obj
-def schema(settings, table, fmt) -> None:
+def schema(settings: Settings, table: str | None, fmt: str | None) -> None:
     """Columns, indexes, foreign keys and CHECKs of TABLE (or every table), read live.
 
     \b
@@ -105,7 +110,8 @@ def schema(settings, table, fmt) -> None:
 @click.option("--order", metavar="[-]COLUMN", help="Sort column; prefix with - for descending.")
 @format_option
 @click.pass_obj
-def rows(settings, table, limit, where, order, fmt) -> None:
+def rows(settings: Settings, table: str, limit: int, where: tuple[str, ...], order: str | None,
+         fmt: str | None) -> None:
     """Rows of TABLE, filtered and sorted; secret columns (hashes) are never shown.
 
     \b
@@ -127,7 +133,7 @@ def rows(settings, table, limit, where, order, fmt) -> None:
 @click.argument("email_or_id")
 @format_option
 @click.pass_obj
-def user(settings, email_or_id, fmt) -> None:
+def user(settings: Settings, email_or_id: str, fmt: str | None) -> None:
     """A user with their roles, and their campaigns newest first, each with its ads.
 
     \b
@@ -136,8 +142,9 @@ def user(settings, email_or_id, fmt) -> None:
     """
     _migrated_db(settings)
     found = find_user(email_or_id)
-    campaigns = get_user_campaigns(found.id)
-    document = {"user": found.to_dict(), "roles": role_names(found), "campaigns": campaigns}
+    campaigns = get_user_campaigns(found.id) or []
+    roles = role_names(found)
+    document = {"user": found.to_dict(), "roles": roles, "campaigns": campaigns}
     if resolve(fmt) == "json":
         render([], "json", document=document)
         return
@@ -148,13 +155,13 @@ def user(settings, email_or_id, fmt) -> None:
         render(summary, "csv")
         return
     click.echo(f"{found.full_name} <{found.email}>  id={found.id}  "
-               f"active={found.is_active}  roles={', '.join(document['roles']) or '-'}")
+               f"active={found.is_active}  roles={', '.join(roles) or '-'}")
     render(summary, "table")
 
 
 @inspect.command()
 @click.option("--markdown", is_flag=True, help="Print docs/schema.md (header and diagram).")
-def erd(markdown) -> None:
+def erd(markdown: bool) -> None:
     """The Mermaid ER diagram of the schema, generated from the models.
 
     \b

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -10,6 +11,9 @@ from within_db import migrate as api
 from within_db.cli.output import format_option, note, render
 from within_db.errors import MigrationError
 from within_db.schema import drift
+
+if TYPE_CHECKING:
+    from within_db.cli import Settings
 
 __all__ = ["migrate"]
 
@@ -20,7 +24,7 @@ __all__ = ["migrate"]
               help="Migration scripts to use [env WITHIN_DB_MIGRATIONS; default: the ones "
                    "shipped with within_db].")
 @click.pass_obj
-def migrate(settings, directory) -> None:
+def migrate(settings: Settings, directory: str | None) -> None:
     """Apply, revert and check schema migrations.
 
     \b
@@ -34,7 +38,7 @@ def migrate(settings, directory) -> None:
 @migrate.command()
 @format_option
 @click.pass_obj
-def status(settings, fmt) -> None:
+def status(settings: Settings, fmt: str | None) -> None:
     """List migrations and whether each is applied; exit 1 while any is pending.
 
     \b
@@ -59,7 +63,7 @@ def status(settings, fmt) -> None:
 @click.option("--target", metavar="NAME", help="Stop after applying this migration.")
 @click.option("--fake", is_flag=True, help="Record as applied without running the scripts.")
 @click.pass_obj
-def up(settings, target, fake) -> None:
+def up(settings: Settings, target: str | None, fake: bool) -> None:
     """Apply pending migrations, each in its own transaction.
 
     \b
@@ -79,7 +83,7 @@ def up(settings, target, fake) -> None:
               help="Revert every applied migration back through this one.")
 @click.option("--yes", is_flag=True, help="Do not ask before dropping tables that hold rows.")
 @click.pass_obj
-def down(settings, target, yes) -> None:
+def down(settings: Settings, target: str | None, yes: bool) -> None:
     """Revert the last migration (or back through --target).
 
     Asks before dropping tables that hold rows; without a terminal, refuses unless --yes.
@@ -108,7 +112,7 @@ def down(settings, target, yes) -> None:
 @migrate.command()
 @click.argument("name")
 @click.pass_obj
-def create(settings, name) -> None:
+def create(settings: Settings, name: str) -> None:
     """Write an empty numbered migration script to fill in by hand.
 
     \b
@@ -121,7 +125,7 @@ def create(settings, name) -> None:
 @migrate.command()
 @click.argument("name")
 @click.pass_obj
-def generate(settings, name) -> None:
+def generate(settings: Settings, name: str) -> None:
     """Write a migration from the difference between the models and the database.
 
     Review it: changes to CHECKs, types, nullability and defaults of existing tables are not
@@ -136,7 +140,7 @@ def generate(settings, name) -> None:
 
 @migrate.command()
 @click.pass_obj
-def check(settings) -> None:
+def check(settings: Settings) -> None:
     """Exit 1 if the migrations and the models build different schemas, listing each difference.
 
     Builds both in scratch space of the same backend (SQLite in memory, or temporary

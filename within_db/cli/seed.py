@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from within_db.cli.output import note, render
 from within_db.seed import DEFAULT_SEED, SCALES, Scale, run_seed
+
+if TYPE_CHECKING:
+    from within_db.cli import Settings
 
 __all__ = ["seed"]
 
@@ -18,11 +22,11 @@ COUNT_NAMES = [f.name for f in dataclasses.fields(Scale)]
 class _Progress:
     """One click progress bar per phase on a terminal; silent otherwise."""
 
-    def __init__(self, scale: Scale, enabled: bool):
+    def __init__(self, scale: Scale, enabled: bool) -> None:
         self.enabled = enabled
         self.totals = {"users": scale.users, "campaigns": scale.users, "models": scale.models,
                        "predictions": scale.predictions, "analytics": scale.users}
-        self.bars = {}
+        self.bars: dict[str, Any] = {}
 
     def __call__(self, phase: str, n: int) -> None:
         if not self.enabled:
@@ -41,7 +45,7 @@ class _Progress:
             bar.__exit__(None, None, None)
 
 
-def _parse_counts(values) -> dict[str, int]:
+def _parse_counts(values: tuple[str, ...]) -> dict[str, int]:
     counts = {}
     for item in values:
         name, sep, number = item.partition("=")
@@ -65,7 +69,8 @@ def _parse_counts(values) -> dict[str, int]:
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None,
               help="Format of the summary [default: table on a terminal, json otherwise].")
 @click.pass_obj
-def seed(settings, scale, counts, seed, reset, append, fmt) -> None:
+def seed(settings: Settings, scale: str, counts: tuple[str, ...], seed: int, reset: bool,
+         append: bool, fmt: str | None) -> None:
     """Apply pending migrations, then fill every table with realistic synthetic data.
 
     Refuses a database that already holds data unless --reset or --append is given.

@@ -4,6 +4,8 @@ dashboards and widgets, exports and share links.
 Saved-query definitions are structured JSON checked by ``services.analytics``, never SQL.
 """
 
+import uuid
+
 from peewee import (
     BigIntegerField,
     BooleanField,
@@ -48,6 +50,7 @@ class SavedQuery(TimestampedModel):
     """A structured query definition owned by a user; (owner, name) unique."""
 
     owner = ForeignKeyField(User, on_delete="CASCADE", backref="saved_queries", index=False)
+    owner_id: uuid.UUID  # peewee's id accessor, declared for type checkers
     name = CharField(max_length=200)
     description = TextField(default="")
     definition = JSONField()
@@ -126,6 +129,7 @@ class DashboardWidget(BaseModel):
     """
 
     dashboard = ForeignKeyField(Dashboard, on_delete="CASCADE", backref="widgets")
+    dashboard_id: int  # peewee's id accessor, declared for type checkers
     visualization = ForeignKeyField(Visualization, on_delete="CASCADE", backref="widgets")
     x = IntegerField()
     y = IntegerField()

@@ -70,6 +70,7 @@ class ModelVersion(BaseModel):
     """A numbered version of a model; (model, version) unique, one production per model."""
 
     model = ForeignKeyField(MLModel, on_delete="CASCADE", backref="versions", index=False)
+    model_id: int  # peewee's id accessor, declared for type checkers
     version = IntegerField()
     stage = CharField(max_length=16, default="none", choices=choices(STAGES))
     artifact_uri = CharField(max_length=1024)

@@ -130,6 +130,7 @@ class AccessToken(BaseModel):
     """A session token or API key, stored as the SHA-256 hex digest of the secret."""
 
     user = ForeignKeyField(User, on_delete="CASCADE", backref="access_tokens")
+    user_id: uuid.UUID  # peewee's id accessor, declared for type checkers
     token_hash = CharField(max_length=64, unique=True)
     kind = CharField(max_length=16, choices=choices(TOKEN_KINDS))
     prefix = CharField(max_length=16)
@@ -158,6 +159,7 @@ class AuditLog(BaseModel):
 
     id = BigAutoField()
     actor = ForeignKeyField(User, null=True, on_delete="RESTRICT", backref="+")
+    actor_id: uuid.UUID | None  # peewee's id accessor, declared for type checkers
     action = CharField(max_length=64)
     target_type = CharField(max_length=64, null=True)
     target_id = CharField(max_length=64, null=True)

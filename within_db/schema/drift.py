@@ -8,27 +8,30 @@ between the models and a live database.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Iterable, Sequence
 
 import peewee
 from playhouse.migrations import template
 from playhouse.schema_diff import diff_models
 
-from within_db.db import bound
+from within_db.db import Backend, bound
 from within_db.errors import MigrationError
-from within_db.migrate import HISTORY_TABLE, Runner
+from within_db.migrate import HISTORY_TABLE, Directory, Runner
 from within_db.schema import freeze, introspect
 from within_db.schema.introspect import Table
 
 __all__ = ["check", "compare", "generate", "models_schema"]
 
 
-def models_schema(db: peewee.Database, models) -> dict[str, Table]:
+def models_schema(db: Backend, models: Sequence[type[peewee.Model]]) -> dict[str, Table]:
+    """Create ``models`` in ``db`` (an empty scratch database) and describe the result."""
     with db.bind_ctx(models):
         db.create_tables(models)
     return introspect.describe(db, [m._meta.table_name for m in models])
 
 
-def check(db: peewee.Database | None = None, models=None, directory=None) -> list[str]:
+def check(db: Backend | None = None, models: Iterable[type[peewee.Model]] | None = None,
+          directory: Directory = None) -> list[str]:
     """Return the differences between the migrations' schema and the models' (empty: none).
 
     Compares tables, columns (type, nullability, default), indexes (partial ones included),
@@ -47,7 +50,9 @@ def check(db: peewee.Database | None = None, models=None, directory=None) -> lis
     return compare(expected, actual)
 
 
-def generate(name: str, db: peewee.Database | None = None, models=None, directory=None) -> str:
+def generate(name: str, db: Backend | None = None,
+             models: Iterable[type[peewee.Model]] | None = None,
+             directory: Directory = None) -> str:
     """Write a migration from the difference between the models and ``db``; return its path.
 
     New tables are frozen with their CHECKs and partial indexes; other changes come from
@@ -63,8 +68,9 @@ def generate(name: str, db: peewee.Database | None = None, models=None, director
         raise MigrationError("models and database agree; nothing to generate")
     body = template(diff._replace(create_tables=[]))
     if diff.create_tables:
-        created = freeze.models_source(diff.create_tables, db)
-        tables = [m._meta.table_name for m in reversed(peewee.sort_models(diff.create_tables))]
+        created = freeze.models_source(diff.create_tables)
+        ordered = peewee.sort_models(diff.create_tables)  # type: ignore[attr-defined]  # no stub
+        tables = [m._meta.table_name for m in reversed(ordered)]
         drop = "\n".join(f"migrator.migrate(migrator.drop_table({t!r}))" for t in tables)
         body = body.replace("def up(migrator, db):\n",
                             "def up(migrator, db):\n" + textwrap.indent(created, "    ") + "\n", 1)

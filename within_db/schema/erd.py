@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import peewee
 
 __all__ = ["mermaid", "schema_markdown"]
@@ -26,7 +28,7 @@ def _keys(field: peewee.Field) -> str:
     return " " + ",".join(keys) if keys else ""
 
 
-def mermaid(models) -> str:
+def mermaid(models: Sequence[type[peewee.Model]]) -> str:
     """Return a Mermaid ``erDiagram`` of ``models``: columns, keys and relationships."""
     lines = ["erDiagram"]
     for model in models:
@@ -48,6 +50,6 @@ def mermaid(models) -> str:
     return "\n".join(lines) + "\n"
 
 
-def schema_markdown(models) -> str:
+def schema_markdown(models: Sequence[type[peewee.Model]]) -> str:
     """Return docs/schema.md: a short header and the diagram in a mermaid block."""
     return f"{HEADER}```mermaid\n{mermaid(models)}```\n"

@@ -7,6 +7,9 @@ the package.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import peewee
 
 __all__ = ["local_type_source", "models_source", "storage_class"]
@@ -24,7 +27,7 @@ def storage_class(field: peewee.Field) -> str:
     raise TypeError(f"{field!r} has no peewee storage class")
 
 
-def field_source(field: peewee.Field, targets: dict) -> str:
+def field_source(field: peewee.Field, targets: dict[type[peewee.Model], str]) -> str:
     args = []
     if isinstance(field, peewee.ForeignKeyField):
         rel = field.rel_model
@@ -55,24 +58,27 @@ def field_source(field: peewee.Field, targets: dict) -> str:
     return f"{storage_class(field)}({', '.join(args)})"
 
 
-def check_source(node) -> str:
+def check_source(node: peewee.NodeList) -> str:
     """Render a named peewee ``Check`` back as ``Check('expr', name='...')``."""
     _, entity, sql = node.nodes
     expression = sql.sql[len("CHECK ("):-1]
     return f"Check({expression!r}, name={entity._path[0]!r})"
 
 
-def partial_index_source(model, index, database) -> str:
+def partial_index_source(model: type[peewee.Model], index: peewee.ModelIndex) -> str:
     # Render the real CREATE INDEX and keep its WHERE clause: peewee inlines the literals there.
-    sql, _ = model._schema._create_index(index).query()
+    # _schema and the index's _expressions, _unique, _name are peewee internals (see setup.cfg).
+    schema: Any = model._schema  # type: ignore[attr-defined]
+    internals: Any = index
+    sql, _ = schema._create_index(index).query()
     where = sql.split(" WHERE ", 1)[1]
-    columns = ", ".join(f"{model.__name__}.{f.name}" for f in index._expressions)
-    unique = ", unique=True" if index._unique else ""
+    columns = ", ".join(f"{model.__name__}.{f.name}" for f in internals._expressions)
+    unique = ", unique=True" if internals._unique else ""
     return (f"{model.__name__}.add_index({model.__name__}.index({columns}{unique}, "
-            f"name={index._name!r}).where(SQL({where!r})))")
+            f"name={internals._name!r}).where(SQL({where!r})))")
 
 
-def model_source(model, targets: dict, database) -> list[str]:
+def model_source(model: type[peewee.Model], targets: dict[type[peewee.Model], str]) -> list[str]:
     meta = model._meta
     lines = [f"class {model.__name__}(Model):"]
     for field in meta.sorted_fields:
@@ -95,13 +101,15 @@ def model_source(model, targets: dict, database) -> list[str]:
         lines.append("        ]")
     lines.append("")
     for index in partial:
-        lines.append(partial_index_source(model, index, database))
+        lines.append(partial_index_source(model, index))
     return lines
 
 
-def stub_source(model) -> list[str]:
+def stub_source(model: type[peewee.Model]) -> list[str]:
     """A frozen stand-in for an existing table that a new foreign key points at."""
     pk = model._meta.primary_key
+    if not isinstance(pk, peewee.Field):
+        raise TypeError(f"{model.__name__}: only a single-column primary key can be frozen")
     lines = [f"class {model.__name__}(Model):"]
     if not (type(pk) is peewee.AutoField and pk.name == "id"):
         lines.append(f"    {pk.name} = {storage_class(pk)}(primary_key=True)")
@@ -110,9 +118,9 @@ def stub_source(model) -> list[str]:
     return lines
 
 
-def models_source(models, database) -> str:
+def models_source(models: Iterable[type[peewee.Model]]) -> str:
     """Return the body of ``up()`` that creates ``models`` (sorted by dependency)."""
-    models = peewee.sort_models(models)
+    models = peewee.sort_models(models)  # type: ignore[attr-defined]  # absent from the stubs
     existing = sorted({fk.rel_model for m in models for fk in m._meta.refs
                        if fk.rel_model not in models}, key=lambda m: m.__name__)
     targets = {m: m.__name__ for m in [*models, *existing]}
@@ -120,7 +128,7 @@ def models_source(models, database) -> str:
     for model in existing:
         out += stub_source(model)
     for model in models:
-        out += model_source(model, targets, database)
+        out += model_source(model, targets)
         out.append("")
     names = ", ".join(m.__name__ for m in models)
     out.append(f"db.create_tables([{names}])")

@@ -7,10 +7,13 @@ supplied table and column names are checked against before any query is built.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import peewee
 
+from within_db.db import Backend
 from within_db.errors import ValidationError
 
 __all__ = [
@@ -54,7 +57,7 @@ class Table:
     triggers: dict[str, str] = field(default_factory=dict)
     primary_key: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "table": self.name,
             "primary_key": list(self.primary_key),
@@ -66,19 +69,19 @@ class Table:
         }
 
 
-def table_names(db: peewee.Database) -> list[str]:
+def table_names(db: Backend) -> list[str]:
     """Return the database's table names (current schema on PostgreSQL), sorted."""
     return db.table_names()
 
 
-def describe(db: peewee.Database, tables: list[str] | None = None) -> dict[str, Table]:
+def describe(db: Backend, tables: list[str] | None = None) -> dict[str, Table]:
     """Return the live schema of ``tables`` (default: all) keyed by table name."""
     names = table_names(db) if tables is None else tables
     reader = _READERS[db.kind]
     return {name: reader(db, name) for name in names}
 
 
-def require_table(db: peewee.Database, name: str) -> str:
+def require_table(db: Backend, name: str) -> str:
     """Return ``name`` if it is a table here, else raise ValidationError listing valid names."""
     valid = table_names(db)
     if name not in valid:
@@ -124,7 +127,7 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _describe_sqlite(db, name: str) -> Table:
+def _describe_sqlite(db: peewee.Database, name: str) -> Table:
     table = Table(name)
     q = _quote(name)
     info = db.execute_sql(f"PRAGMA table_info({q})").fetchall()
@@ -207,7 +210,7 @@ ORDER BY tg.tgname
 """
 
 
-def _describe_postgres(db, name: str) -> Table:
+def _describe_postgres(db: peewee.Database, name: str) -> Table:
     table = Table(name)
     for col, ctype, nullable, default in db.execute_sql(_PG_COLUMNS, (name,)):
         table.columns[col] = Column(col, ctype, nullable, default)
@@ -229,4 +232,5 @@ def _describe_postgres(db, name: str) -> Table:
 
 
 # each backend's catalogue reader, chosen by the database class's ``kind``
-_READERS = {"sqlite": _describe_sqlite, "postgres": _describe_postgres}
+_READERS: dict[str, Callable[[peewee.Database, str], Table]] = {
+    "sqlite": _describe_sqlite, "postgres": _describe_postgres}

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import peewee
 
+from within_db.db import Backend
 from within_db.errors import ValidationError
 from within_db.models import ALL_MODELS
 from within_db.schema import introspect
@@ -22,14 +24,14 @@ MODELS = {m._meta.table_name: m for m in ALL_MODELS}
 _TRUE, _FALSE = {"true", "t", "1", "yes"}, {"false", "f", "0", "no"}
 
 
-def table_counts(db: peewee.Database) -> list[dict[str, Any]]:
+def table_counts(db: Backend) -> list[dict[str, Any]]:
     """Return ``[{"table", "rows"}]`` for every table, one COUNT query each."""
     with db.connection_context():
         names = introspect.table_names(db)
         return [{"table": t, "rows": peewee.Table(t).bind(db).select().count()} for t in names]
 
 
-def _coerce(field: peewee.Field | None, column: str, value: str):
+def _coerce(field: peewee.Field | None, column: str, value: str) -> Any:
     if field is None:
         return value
     try:
@@ -60,7 +62,7 @@ def _coerce(field: peewee.Field | None, column: str, value: str):
     return value
 
 
-def rows(db: peewee.Database, table: str, filters: list[tuple[str, str]] = (),
+def rows(db: Backend, table: str, filters: Iterable[tuple[str, str]] = (),
          order: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
     """Return up to ``limit`` rows of ``table`` matching every ``column = value`` filter.
 

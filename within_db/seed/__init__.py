@@ -11,10 +11,8 @@ import hashlib
 import time
 from collections.abc import Callable
 
-import peewee
-
 from within_db import migrate
-from within_db.db import write_transaction
+from within_db.db import Backend, write_transaction
 from within_db.errors import ValidationError
 from within_db.models import ALL_MODELS
 from within_db.seed.analytics import seed_analytics
@@ -28,11 +26,11 @@ __all__ = ["DEFAULT_SEED", "SCALES", "Scale", "run_seed"]
 DEFAULT_SEED = 20260101
 
 
-def _counts(db: peewee.Database) -> dict[str, int]:
+def _counts(db: Backend) -> dict[str, int]:
     return {m._meta.table_name: m.select().count() for m in ALL_MODELS}
 
 
-def run_seed(db: peewee.Database, scale: str | Scale = "small", seed: int = DEFAULT_SEED,
+def run_seed(db: Backend, scale: str | Scale = "small", seed: int = DEFAULT_SEED,
              reset: bool = False, append: bool = False, overrides: dict[str, int] | None = None,
              progress: Callable[[str, int], object] | None = None) -> dict:
     """Migrate ``db``, then fill it; return ``{"tables": {table: rows}, "seconds": ...}``.

@@ -4,8 +4,9 @@ dashboards with non-overlapping widgets, reports, schedules, exports and share l
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
-from within_db.models.analytics import ReportExport
+from within_db.models.analytics import Report, ReportExport, ReportTemplate, SavedQuery
 from within_db.models.users import User
 from within_db.seed.common import REFERENCE, SeedContext
 from within_db.services import analytics as svc
@@ -13,7 +14,7 @@ from within_db.services import analytics as svc
 __all__ = ["QUERIES", "seed_analytics"]
 
 # (name, definition, chart type)
-QUERIES = [
+QUERIES: list[tuple[str, dict[str, Any], str]] = [
     ("Weekly clicks by platform",
      {"dataset": "campaign_performance", "dimensions": ["date:week", "platform"],
       "metrics": ["impressions", "clicks", "ctr"], "sort": [{"by": "date:week"}]}, "line"),
@@ -76,13 +77,14 @@ def seed_analytics(ctx: SeedContext, users: list[User]) -> None:
         ctx.progress("analytics", 1)
 
 
-def _report(ctx, owner, query, templates, name):
+def _report(ctx: SeedContext, owner: User, query: SavedQuery, templates: list[ReportTemplate],
+            name: str) -> Report:
     return svc.create_report(owner, f"{name} report", saved_query=query,
                              template=ctx.rng.choice(templates) if templates else None,
                              now=REFERENCE)
 
 
-def _export(ctx: SeedContext, report, owner, i: int) -> None:
+def _export(ctx: SeedContext, report: Report, owner: User, i: int) -> None:
     """A past export record (no file is written by the seed)."""
     ok = ctx.rng.random() < 0.85
     started = REFERENCE - dt.timedelta(days=ctx.rng.randint(1, 20), hours=i % 24)

@@ -5,7 +5,9 @@ conversions <= clicks, spend within budget, days within the campaign's dates."""
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from decimal import Decimal
+from typing import Any
 
 from within_db.batch import bulk_insert
 from within_db.models.campaigns import (
@@ -36,11 +38,16 @@ def _end_of_month(day: dt.date) -> dt.date:
     return nxt - dt.timedelta(days=1)
 
 
-def seed_campaigns(ctx: SeedContext, users: list[User]) -> list[Ad]:
-    """Create every user's campaigns and their children; return the ads."""
+def seed_campaigns(ctx: SeedContext, users: list[User]) -> list[uuid.UUID]:
+    """Create every user's campaigns and their children; return the ads' ids."""
     fake, rng, scale = ctx.fake, ctx.rng, ctx.scale
-    campaigns, settings, ads = [], [], []
-    metrics, performance, budgets, spend = [], [], [], []
+    campaigns: list[dict[str, Any]] = []
+    settings: list[dict[str, Any]] = []
+    ads: list[dict[str, Any]] = []
+    budgets: list[dict[str, Any]] = []
+    metrics: list[tuple[Any, ...]] = []
+    performance: list[tuple[Any, ...]] = []
+    spend: list[tuple[Any, ...]] = []
     for owner in users:
         for _ in range(scale.campaigns_per_user):
             campaign_id = ctx.uuid()

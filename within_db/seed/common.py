@@ -53,7 +53,7 @@ class SeedContext:
     fake: Faker = field(init=False)
     suffix: str = ""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         self.fake = Faker("en_US")
         self.fake.seed_instance(self.seed)

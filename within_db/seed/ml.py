@@ -9,6 +9,7 @@ import uuid
 
 from within_db.models.ml_system import (
     JOB_STATUSES,
+    MLModel,
     ModelMetric,
     ModelVersion,
     TrainingJob,
@@ -67,7 +68,7 @@ def seed_ml(ctx: SeedContext, users: list[User], ad_ids: list[uuid.UUID]) -> Non
     _predictions(ctx, production, ad_ids)
 
 
-def _job(ctx: SeedContext, model, status: str, queued_at: dt.datetime) -> TrainingJob:
+def _job(ctx: SeedContext, model: MLModel, status: str, queued_at: dt.datetime) -> TrainingJob:
     rng = ctx.rng
     started = queued_at + dt.timedelta(minutes=rng.randint(1, 120))
     finished = started + dt.timedelta(minutes=rng.randint(5, 600))
@@ -93,7 +94,8 @@ def _metrics(ctx: SeedContext, version: ModelVersion, task: str) -> None:
     ModelMetric.insert_many(rows).execute()
 
 
-def _predictions(ctx: SeedContext, versions: list[ModelVersion], ad_ids) -> None:
+def _predictions(ctx: SeedContext, versions: list[ModelVersion],
+                 ad_ids: list[uuid.UUID]) -> None:
     rng = ctx.rng
     if not versions:
         return

@@ -32,7 +32,7 @@ def seed_users(ctx: SeedContext) -> list[User]:
             svc.create_role(name, perms, description=f"{name.replace('_', ' ')} role",
                             now=REFERENCE)
     hashes = [svc.hash_password(f"{DEMO_PASSWORD} {i}") for i in range(PASSWORD_POOL)]
-    users = []
+    users: list[User] = []
     for i in range(ctx.scale.users):
         first, last = fake.first_name(), fake.last_name()
         domain = fake.free_email_domain() if rng.random() < 0.3 else fake.domain_name()

@@ -30,7 +30,7 @@ def _target(target: Any) -> tuple[str | None, str | None]:
     if target is None:
         return None, None
     if isinstance(target, peewee.Model):
-        return target._meta.table_name, str(target._pk)
+        return target._meta.table_name, str(target.get_id())
     if isinstance(target, tuple) and len(target) == 2:
         return str(target[0]), str(target[1])
     raise TypeError("target must be a model instance or a (type, id) pair")

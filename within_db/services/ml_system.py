@@ -134,7 +134,7 @@ def queue_training_job(model: MLModel, parameters: dict | None = None,
                               dataset_spec=dataset_spec or {})
 
 
-def _transition(job: TrainingJob, to: str, **values) -> TrainingJob:
+def _transition(job: TrainingJob, to: str, **values: Any) -> TrainingJob:
     allowed_from = [s for s, targets in TRANSITIONS.items() if to in targets]
     now = utcnow()
     updated = (TrainingJob.update(status=to, updated_at=now, **values)

@@ -13,6 +13,7 @@ import hashlib
 import secrets
 import unicodedata
 import uuid
+from collections.abc import Iterable
 
 import peewee
 from argon2 import PasswordHasher
@@ -102,6 +103,8 @@ def create_user(email: str, password: str | None = None, *, full_name: str = "",
     """
     email = validate_email(email)
     if password_hash is None:
+        if password is None:
+            raise ValidationError("password is empty")
         password_hash = hash_password(password)
     elif not password_hash.startswith("$argon2id$"):
         raise ValidationError("password_hash must be an Argon2id hash from hash_password()")
@@ -137,16 +140,18 @@ def authenticate(email: str, password: str, ip: str | None = None) -> User | Non
     Unknown emails cost one hash verification like known ones. An outdated hash is
     re-hashed on success; ``last_login_at`` is set.
     """
+    valid: str | None
     try:
-        email = validate_email(email)
+        valid = validate_email(email)
     except ValidationError:
-        email = None
+        valid = None
     row = None
-    if email is not None:
+    if valid is not None:
         row = (User.select(User, Credential.password_hash, Credential.id.alias("cred_id"))
                .join(Credential, on=(Credential.user == User.id))
-               .where(User.email == email).objects().first())
+               .where(User.email == valid).objects().first())
     stored = row.password_hash if row is not None else _dummy_hash()
+    ok: bool
     try:
         ok = HASHER.verify(stored, unicodedata.normalize("NFKC", password or ""))
     except (VerifyMismatchError, VerificationError, InvalidHashError):
@@ -261,7 +266,7 @@ def ensure_permission(codename: str, description: str = "") -> Permission:
     return permission
 
 
-def create_role(name: str, permissions: list[str] = (), description: str = "",
+def create_role(name: str, permissions: Iterable[str] = (), description: str = "",
                 now: dt.datetime | None = None) -> Role:
     """Create a role holding ``permissions`` (codenames, created as needed)."""
     now = now or utcnow()

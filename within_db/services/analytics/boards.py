@@ -123,7 +123,7 @@ def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> boo
     return ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah
 
 
-def _place(dashboard_id: int, box: tuple[int, int, int, int], ignore: int | None = None):
+def _place(dashboard_id: int, box: tuple[int, int, int, int], ignore: int | None = None) -> None:
     x, y, w, h = box
     if x < 0 or y < 0 or w < 1 or h < 1 or x + w > GRID_COLUMNS:
         raise ValidationError(f"a widget must fit the {GRID_COLUMNS}-column grid "

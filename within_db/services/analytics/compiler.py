@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import operator
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import peewee
 from peewee import SQL, fn
 
-from within_db.db import bound
+from within_db.db import Backend, bound
 from within_db.errors import ValidationError
 from within_db.models.campaigns import Ad, AdMetric, Campaign, CampaignPerformance, SpendRecord
 from within_db.models.ml_system import MLModel, ModelMetric, ModelVersion, PredictionLog
@@ -37,15 +38,17 @@ FLOAT_DIGITS = 9
 class Dataset:
     """A catalogue entry: base query, its date column, and what may be grouped and summed."""
 
-    base: Any
+    base: Callable[[], peewee.ModelSelect[Any]]
     date: peewee.Field
-    dimensions: dict[str, peewee.Node]
-    sums: dict[str, peewee.Field] = field(default_factory=dict)  # integer sums
-    money: dict[str, peewee.Field] = field(default_factory=dict)  # sums of micros
-    other: dict[str, Any] = field(default_factory=dict)  # name -> callable(sums) -> node
+    dimensions: Mapping[str, peewee.ColumnBase]
+    sums: Mapping[str, peewee.Field] = field(default_factory=dict)  # integer sums
+    money: Mapping[str, peewee.Field] = field(default_factory=dict)  # sums of micros
+    # name -> a function building the metric's expression
+    other: Mapping[str, Callable[[], peewee.ColumnBase]] = field(default_factory=dict)
 
 
-def _ratio(numerator, denominator, scale: float = 1.0):
+def _ratio(numerator: peewee.ColumnBase, denominator: peewee.ColumnBase,
+           scale: float = 1.0) -> peewee.ColumnBase:
     # Both backends divide IEEE doubles; NULLIF turns a zero divisor into NULL, not an error.
     expr = numerator.cast("DOUBLE PRECISION") / fn.NULLIF(denominator, 0).cast("DOUBLE PRECISION")
     return expr / scale if scale != 1.0 else expr
@@ -118,7 +121,7 @@ def catalogue() -> dict[str, dict[str, list[str]]]:
             for name, ds in DATASETS.items()}
 
 
-def _choices(values) -> str:
+def _choices(values: Iterable[str]) -> str:
     return ", ".join(values)
 
 
@@ -202,20 +205,20 @@ def _day(value: Any) -> dt.date:
         raise ValidationError("date filter values must be ISO dates (YYYY-MM-DD)") from None
 
 
-def _from(column: peewee.Field, day: dt.date):
+def _from(column: peewee.Field, day: dt.date) -> dt.date:
     """The first value of ``day`` in ``column``: the date, or its UTC midnight for instants."""
     if isinstance(column, peewee.DateField):
         return day
     return dt.datetime.combine(day, dt.time(), dt.UTC)
 
 
-def _on_or_before(column: peewee.Field, day: dt.date):
+def _on_or_before(column: peewee.Field, day: dt.date) -> peewee.Expression:
     if isinstance(column, peewee.DateField):
         return column <= day
     return column < _from(column, day + dt.timedelta(days=1))
 
 
-def _date_filter(column: peewee.Field, op: str, value: Any):
+def _date_filter(column: peewee.Field, op: str, value: Any) -> peewee.Expression:
     if op == "gte":
         return column >= _from(column, _day(value))
     if op == "lte":
@@ -232,7 +235,7 @@ def _date_filter(column: peewee.Field, op: str, value: Any):
         (column >= _from(column, _day(d))) & _on_or_before(column, _day(d)) for d in days])
 
 
-def _filter(ds: Dataset, spec: dict, params: dict):
+def _filter(ds: Dataset, spec: dict[str, Any], params: dict[str, Any]) -> peewee.Expression:
     value = _value(spec["value"], params)
     op, dim = spec["op"], spec["dimension"]
     if dim == "date":
@@ -251,14 +254,17 @@ def _filter(ds: Dataset, spec: dict, params: dict):
     return col >= value if op == "gte" else col <= value
 
 
-def compile_definition(definition: dict, params: dict | None = None,
-                       db: peewee.Database | None = None):
+def compile_definition(definition: dict[str, Any], params: dict[str, Any] | None = None,
+                       db: Backend | None = None
+                       ) -> tuple[peewee.ModelSelect[Any], dict[str, Callable[[Any], Any]]]:
     """Return ``(query, converters)`` for a validated definition. Builds no SQL text."""
     validate_definition(definition)
     db = bound(db)
     ds = DATASETS[definition["dataset"]]
     params = params or {}
-    selected, group_by, converters = [], [], {}
+    selected: list[peewee.ColumnBase] = []
+    group_by: list[peewee.ColumnBase] = []
+    converters: dict[str, Callable[[Any], Any]] = {}
     for d in definition.get("dimensions", []):
         grain = _grain(d)
         if grain:
@@ -300,15 +306,15 @@ def compile_definition(definition: dict, params: dict | None = None,
     return query.dicts(), converters
 
 
-def _to_date(value) -> dt.date:
+def _to_date(value: Any) -> dt.date:
     return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])
 
 
-def _money(value) -> Decimal:
+def _money(value: Any) -> Decimal:
     return Decimal(int(value)).scaleb(-6)
 
 
-def _float(value) -> float | int | None:
+def _float(value: Any) -> float | int | None:
     if value is None:
         return None
     if isinstance(value, int):
@@ -316,7 +322,8 @@ def _float(value) -> float | int | None:
     return round(float(value), FLOAT_DIGITS)
 
 
-def execute_definition(definition: dict, params: dict | None = None) -> list[dict[str, Any]]:
+def execute_definition(definition: dict[str, Any],
+                       params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Run a definition and return its rows with Python values (dates, Decimal, float)."""
     query, converters = compile_definition(definition, params)
     names = [*definition.get("dimensions", []), *definition["metrics"]]

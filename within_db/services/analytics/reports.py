@@ -9,7 +9,9 @@ import json
 import os
 import secrets
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import IO, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import peewee
@@ -98,7 +100,7 @@ def next_run(cron_expression: str, timezone: str, after: dt.datetime) -> dt.date
 
 
 def create_schedule(report: Report, cron_expression: str, timezone: str = "UTC",
-                    recipients: list[str] = (), now: dt.datetime | None = None,
+                    recipients: Iterable[str] = (), now: dt.datetime | None = None,
                     is_active: bool = True) -> ScheduledReport:
     """Schedule a report; the first ``next_run_at`` is computed now (stored in UTC)."""
     now = now or utcnow()
@@ -129,7 +131,7 @@ def mark_ran(schedule: ScheduledReport, at: dt.datetime) -> ScheduledReport:
 # -- exports --------------------------------------------------------------------------------
 
 
-def _write(rows: list[dict], fmt: str, handle) -> None:
+def _write(rows: list[dict[str, Any]], fmt: str, handle: IO[str]) -> None:
     if fmt == "jsonl":
         for row in rows:
             handle.write(json.dumps(jsonable(row), ensure_ascii=False) + "\n")
@@ -141,8 +143,9 @@ def _write(rows: list[dict], fmt: str, handle) -> None:
         writer.writerow({k: jsonable(v) for k, v in row.items()})
 
 
-def export_report(report: Report, fmt: str, directory: str | os.PathLike,
-                  requested_by: User | None = None, params: dict | None = None) -> ReportExport:
+def export_report(report: Report, fmt: str, directory: str | os.PathLike[str],
+                  requested_by: User | None = None,
+                  params: dict[str, Any] | None = None) -> ReportExport:
     """Run the report's saved query and write it as CSV or JSON Lines into ``directory``.
 
     The file appears whole or not at all (written to a temporary file, then renamed). The
@@ -158,9 +161,10 @@ def export_report(report: Report, fmt: str, directory: str | os.PathLike,
     target = Path(directory) / f"report-{report.id}-export-{export.id}.{fmt}"
     tmp_name = None
     try:
-        if report.saved_query_id is None:
+        saved_query = report.saved_query  # no query when the report has none
+        if saved_query is None:
             raise ValidationError("the report has no saved query to export")
-        rows = run_saved_query(report.saved_query, {**report.parameters, **(params or {})},
+        rows = run_saved_query(saved_query, {**report.parameters, **(params or {})},
                                actor=requested_by)
         Path(directory).mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, newline="",
@@ -183,8 +187,9 @@ def export_report(report: Report, fmt: str, directory: str | os.PathLike,
 
 # -- share links ----------------------------------------------------------------------------
 
-_RESOURCES = {Dashboard: "dashboard", Report: "report", SavedQuery: "saved_query",
-              Visualization: "visualization"}
+_RESOURCES: dict[type[peewee.Model], str] = {
+    Dashboard: "dashboard", Report: "report", SavedQuery: "saved_query",
+    Visualization: "visualization"}
 
 
 def create_share_link(resource: peewee.Model, permission: str, ttl: dt.timedelta,
@@ -203,7 +208,7 @@ def create_share_link(resource: peewee.Model, permission: str, ttl: dt.timedelta
         raise ValidationError("a share link needs a positive lifetime")
     raw = SHARE_PREFIX + secrets.token_urlsafe(32)
     now = now or utcnow()
-    link = ShareLink.create(resource_type=kind, resource_id=str(resource._pk),
+    link = ShareLink.create(resource_type=kind, resource_id=str(resource.get_id()),
                             token_hash=token_digest(raw), prefix=raw[:12],
                             permission=permission, created_by=created_by, created_at=now,
                             expires_at=now + ttl)
