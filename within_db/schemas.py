@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -28,6 +29,7 @@ from pydantic import (
     create_model,
 )
 
+from within_db import base
 from within_db.base import jsonable
 from within_db.errors import ValidationError, WithinDBError
 from within_db.fields import MoneyField, UTCDateTimeField, storage_field
@@ -81,7 +83,7 @@ def key(field: peewee.Field) -> str:
     return field.column_name if isinstance(field, peewee.ForeignKeyField) else field.name
 
 
-def _codec(field: peewee.Field):
+def _codec(field: peewee.Field) -> Callable[[Any], Any]:
     """Return a validator that refuses what the field's own ``db_value`` refuses."""
     target = storage_field(field)
     label = f"{field.model.__name__}.{field.name}"
@@ -115,7 +117,7 @@ def _annotation(field: peewee.Field, *, for_input: bool) -> Any:
     if for_input:
         parts.append(BeforeValidator(_codec(field)))
     parts.extend(extras)
-    annotated = Annotated[tuple(parts)] if len(parts) > 1 else base  # type: ignore[valid-type]
+    annotated = Annotated[tuple(parts)] if len(parts) > 1 else base
     return annotated | None if field.null else annotated
 
 
@@ -132,10 +134,10 @@ READ_CONFIG = ConfigDict(from_attributes=True, frozen=True)
 WRITE_CONFIG = ConfigDict(extra="forbid", frozen=True)
 
 
-def read_schema(model: type[peewee.Model]) -> type[BaseModel]:
+def read_schema(model: type[base.BaseModel]) -> type[BaseModel]:
     """Build ``<Model>Read``: every public field (no private ones), keyed as ``to_dict()``."""
-    fields = {key(f): (_annotation(f, for_input=False), Field())
-              for f in model.public_fields()}
+    fields: dict[str, Any] = {key(f): (_annotation(f, for_input=False), Field())
+                              for f in model.public_fields()}
     return create_model(f"{model.__name__}Read", __config__=READ_CONFIG,
                         __doc__=f"One {model.__name__} as the API returns it.",
                         __module__=__name__, **fields)
@@ -155,8 +157,8 @@ def _fields(model: type[peewee.Model], names: tuple[str, ...]) -> list[peewee.Fi
 def create_schema(model: type[peewee.Model], names: tuple[str, ...],
                   **extra: Any) -> type[BaseModel]:
     """Build ``<Model>Create`` from the named fields (with the model's defaults) and ``extra``."""
-    fields = {key(f): (_annotation(f, for_input=True), _default(f))
-              for f in _fields(model, names)}
+    fields: dict[str, Any] = {key(f): (_annotation(f, for_input=True), _default(f))
+                              for f in _fields(model, names)}
     return create_model(f"{model.__name__}Create", __config__=WRITE_CONFIG,
                         __doc__=f"What a client sends to create one {model.__name__}.",
                         __module__=__name__, **fields, **extra)
@@ -167,8 +169,8 @@ def update_schema(model: type[peewee.Model], names: tuple[str, ...]) -> type[Bas
 
     An explicit null is accepted only where the column is nullable.
     """
-    fields = {key(f): (_annotation(f, for_input=True), Field(default=None))
-              for f in _fields(model, names)}
+    fields: dict[str, Any] = {key(f): (_annotation(f, for_input=True), Field(default=None))
+                              for f in _fields(model, names)}
     return create_model(f"{model.__name__}Update", __config__=WRITE_CONFIG,
                         __doc__=f"A partial update of one {model.__name__}: unset fields stay.",
                         __module__=__name__, **fields)
