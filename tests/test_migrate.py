@@ -173,7 +173,7 @@ def test_missing_file_for_an_applied_migration(fresh_db, tmp_path):
     (folder / "0900_priority.py").unlink()
     states = migrate.status(fresh_db, directory=folder)
     assert states[-1].name == "0900_priority" and states[-1].file_missing
-    with pytest.raises(MigrationError, match="file is missing"):
+    with pytest.raises(MigrationError, match="0900_priority.py is missing from"):
         migrate.downgrade(fresh_db, directory=folder)
 
 
@@ -244,3 +244,29 @@ def test_every_table_survives_an_alter_that_rebuilds_it(migrated_fresh_db):
                 assert after.foreign_keys == before.foreign_keys, table
                 assert after.indexes == before.indexes, table  # partial ones included
                 txn.rollback()
+
+
+def test_migrating_an_in_memory_database_keeps_the_schema_for_the_caller():
+    import within_db
+    from within_db.db import database
+
+    db = within_db.connect("sqlite:///:memory:")
+    try:
+        assert migrate.upgrade() == SHIPPED
+        assert User.select().count() == 0  # the schema is still there
+        assert migrate.pending() == []
+        assert {m._meta.table_name for m in ALL_MODELS} <= set(db.table_names())
+    finally:
+        db.close()
+        database.initialize(None)
+
+
+def test_a_scope_leaves_the_callers_open_connection_open(fresh_db):
+    fresh_db.connect()
+    migrate.upgrade(fresh_db)
+    assert not fresh_db.is_closed()
+    with fresh_db.atomic():  # still usable, in the caller's own transaction
+        assert migrate.status(fresh_db)[0].applied
+    fresh_db.close()
+    migrate.status(fresh_db)
+    assert fresh_db.is_closed()  # a connection it opened itself is closed again

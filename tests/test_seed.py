@@ -119,3 +119,20 @@ def test_scales_are_documented_sizes():
     sizes = [SCALES[s].users for s in ("tiny", "small", "medium", "large")]
     assert sizes == sorted(sizes)
 
+
+
+def test_readme_scale_table_uses_the_count_names_and_values():
+    import dataclasses
+    from pathlib import Path
+
+    from within_db.seed import Scale
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    header = next(line for line in lines if line.startswith("| scale |"))
+    names = [c.strip() for c in header.strip("|").split("|")][1:]
+    assert names == [f.name for f in dataclasses.fields(Scale)]
+    for name, scale in SCALES.items():
+        row = next(line for line in lines if line.startswith(f"| {name} "))
+        values = [int(c.strip().replace(",", "")) for c in row.strip("|").split("|")[1:]]
+        assert values == list(dataclasses.astuple(scale)), name

@@ -17,14 +17,15 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, TypeAlias, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import peewee
 import psycopg2
-from playhouse.db_url import parse as parse_url
+import psycopg2.errors
 from playhouse.postgres_ext import PooledPostgresqlExtDatabase, PostgresqlExtDatabase
 
 from within_db.errors import ConfigurationError, DatabaseUnavailableError, NotConnectedError
+from within_db.url import DEFAULT_URL, SCHEMES, DatabaseURL, parse_url, redact_url
 
 __all__ = [
     "BUSY_TIMEOUT", "Backend", "BrokenForeignKeys", "BulkLoadFailed", "CONNECT_TIMEOUT",
@@ -35,8 +36,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URL = "sqlite:///within.db"
-SCHEMES = ("sqlite", "postgresql", "postgres", "postgresql+pool", "postgres+pool")
 CONNECT_TIMEOUT = 10
 BUSY_TIMEOUT = 30.0
 
@@ -79,28 +78,35 @@ class _Proxy(peewee.DatabaseProxy):
 database = _Proxy()
 
 
-def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-class _Redacted:
-    """Mixin: a repr that names the backend and the redacted URL only."""
+class _Shared:
+    """Mixin of every database class: a secret-free repr, and connection scopes that leave
+    an open connection (and an in-memory database) open."""
 
     url = ""
+    read_only = False
+    #: an in-memory database lives as long as its connection, so scopes never close it
+    keeps_connection = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {redact_url(self.url)}>"
+
+    def connection_context(self) -> peewee.ConnectionContext:
+        """Open a connection for the block and close it after, unless one was already open."""
+        return _Scope(self)
+
+
+class _Scope(peewee.ConnectionContext):
+    """peewee's ConnectionContext closes even a connection it did not open (and with it an
+    in-memory database); this one closes only what it opened."""
+
+    __slots__ = ("opened",)
+
+    def __enter__(self) -> None:
+        self.opened = self.db.connect(reuse_if_open=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.opened and not self.db.keeps_connection and not self.db.is_closed():
+            self.db.close()
 
 
 class BulkLoadFailed(Exception):
@@ -128,12 +134,41 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+# SQLite's fixed text for each result code (never a value from a row), and what to do next.
+_SQLITE_REASONS = {
+    "SQLITE_CANTOPEN": ("unable to open database file",
+                        "the file cannot be opened or created; check the path and permissions"),
+    "SQLITE_READONLY": ("attempt to write a readonly database",
+                        "the file or its directory is read-only; make both writable, or use "
+                        "a read-only command"),
+    "SQLITE_PERM": ("access permission denied", "access was denied; check the permissions"),
+    "SQLITE_BUSY": ("database is locked",
+                    "another process holds the write lock; retry when it has finished"),
+    "SQLITE_LOCKED": ("database table is locked",
+                      "another connection holds a lock; retry when it has finished"),
+    "SQLITE_NOTADB": ("file is not a database",
+                      "the file is not an SQLite database; check --database-url"),
+    "SQLITE_CORRUPT": ("database disk image is malformed",
+                       "the file is damaged; restore it from a backup"),
+    "SQLITE_FULL": ("database or disk is full", "the disk is full; free space and retry"),
+    "SQLITE_IOERR": ("disk I/O error", "reading or writing the file failed; check the disk"),
+}
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """Return the driver's exception behind peewee's wrapper (peewee passes it as args[0])."""
+    if isinstance(exc, peewee.PeeweeException) and exc.args \
+            and isinstance(exc.args[0], BaseException):
+        return exc.args[0]
+    return exc
+
+
 _Select = TypeVar("_Select", bound=peewee.Select)
 #: ``fetch(n)`` of a streaming cursor: the next ``n`` rows, empty at the end
 _Fetch: TypeAlias = Callable[[int], list[Any]]
 
 
-class SqliteDatabase(_Redacted, peewee.SqliteDatabase):
+class SqliteDatabase(_Shared, peewee.SqliteDatabase):
     """peewee's SqliteDatabase with within_db's column types and a race-free WAL switch.
 
     Every operation that differs between the backends is a method here and on the PostgreSQL
@@ -147,6 +182,45 @@ class SqliteDatabase(_Redacted, peewee.SqliteDatabase):
     # peewee internals read by _set_pragmas (absent from peewee's stubs)
     _pragmas: list[tuple[str, Any]]
     _timeout: float
+
+    def _connect(self) -> sqlite3.Connection:
+        target, params = self.database, dict(self.connect_params)
+        if self.read_only and not self.keeps_connection:
+            # mode=ro never creates the file; a missing one is named instead
+            if not os.path.isfile(self.database):
+                raise DatabaseUnavailableError(
+                    f"no SQLite database at {os.path.abspath(self.database)}; check "
+                    "--database-url (DATABASE_URL), or create it with `within-db migrate up`")
+            target = f"file:{quote(os.path.abspath(self.database))}?mode=ro"
+            params["uri"] = True
+        try:
+            conn = sqlite3.connect(target, timeout=self._timeout, isolation_level=None, **params)
+            try:
+                self._add_conn_hooks(conn)  # type: ignore[attr-defined]  # absent from stubs
+            except Exception:
+                conn.close()
+                raise
+        except sqlite3.Error as exc:
+            raise DatabaseUnavailableError(self.explain_error(exc) or "") from exc
+        return conn
+
+    def explain_error(self, exc: BaseException) -> str | None:
+        """Say in one line why SQLite refused, with the next step; None if it is not known."""
+        exc = _driver_error(exc)
+        code = getattr(exc, "sqlite_errorname", "")
+        path = os.path.abspath(self.database) if not self.keeps_connection else ":memory:"
+        folder = os.path.dirname(path)
+        prefix = next((p for p in _SQLITE_REASONS if code.startswith(p)), None)
+        if prefix is None:
+            return None
+        said, reason = _SQLITE_REASONS[prefix]
+        if prefix == "SQLITE_CANTOPEN":
+            if not os.path.isdir(folder):
+                reason = f"the directory {folder} does not exist; create it or fix the path"
+            elif not os.access(folder, os.W_OK | os.X_OK):
+                reason = (f"the directory {folder} is not writable, and SQLite creates its "
+                          "journal files there; make it writable or use another path")
+        return f"cannot use the SQLite database {path}: {reason} (SQLite: {said})"
 
     def _set_pragmas(self, conn: sqlite3.Connection) -> None:
         cursor = conn.cursor()
@@ -346,6 +420,15 @@ class _PostgresBackend(peewee.PostgresqlDatabase):
         except psycopg2.OperationalError as exc:
             raise _unavailable(self, exc) from exc
 
+    def explain_error(self, exc: BaseException) -> str | None:
+        """Say in one line why the server refused, with the next step; None if not known."""
+        exc = _driver_error(exc)
+        if isinstance(exc, psycopg2.errors.ReadOnlySqlTransaction):
+            return "this command opened the database read-only and cannot write"
+        if isinstance(exc, psycopg2.OperationalError) and getattr(exc, "pgcode", None) is None:
+            return "the connection to PostgreSQL was lost; check the server and retry"
+        return None
+
     def write_transaction(self) -> AbstractContextManager[Any]:
         """Return a plain transaction (row locks do the rest); a nested call joins the caller's."""
         return self.atomic()
@@ -379,15 +462,16 @@ class _PostgresBackend(peewee.PostgresqlDatabase):
     def scratch(self) -> Iterator[Backend]:
         """Yield an empty database of the same server: a temporary schema, dropped after."""
         schema = f"within_scratch_{uuid.uuid4().hex[:12]}"
-        with self.connection_context():
-            self.execute_sql(f'CREATE SCHEMA "{schema}"')
+        admin = make_database(self.url)  # writable even when this one is read-only
+        with admin.connection_context():
+            admin.execute_sql(f'CREATE SCHEMA "{schema}"')
         try:
             scratch = make_database(self.url, options=f"-c search_path={schema}")
             with scratch.connection_context():
                 yield scratch
         finally:
-            with self.connection_context():
-                self.execute_sql(f'DROP SCHEMA "{schema}" CASCADE')
+            with admin.connection_context():
+                admin.execute_sql(f'DROP SCHEMA "{schema}" CASCADE')
 
     def table_names(self) -> list[str]:
         """Return the names of the tables in the current schema, sorted."""
@@ -450,27 +534,42 @@ class _PostgresBackend(peewee.PostgresqlDatabase):
         return peewee.fn.to_char(peewee.fn.date_trunc(grain, column), "YYYY-MM-DD")
 
 
-class PostgresDatabase(_Redacted, _PostgresBackend, PostgresqlExtDatabase):
+class PostgresDatabase(_Shared, _PostgresBackend, PostgresqlExtDatabase):
     """PostgreSQL through psycopg2 with real server-side cursors and a clear connect error."""
 
 
-class PooledPostgresDatabase(_Redacted, _PostgresBackend, PooledPostgresqlExtDatabase):
+class PooledPostgresDatabase(_Shared, _PostgresBackend, PooledPostgresqlExtDatabase):
     """The pooled variant of :class:`PostgresDatabase`."""
 
 
 def _unavailable(db: peewee.Database, exc: Exception) -> DatabaseUnavailableError:
     # The driver's text is classified, never echoed: it may name users or hosts we redact.
     params = db.connect_params
-    where = f"{params.get('host', 'localhost')}:{params.get('port', 5432)}"
+    host = params.get("host", "localhost")
+    where = f"{host}:{params.get('port', 5432)}"
+    user = params.get("user") or "(default)"
     text = str(exc).lower()
     if "does not exist" in text and "database" in text:
         reason = f'database "{db.database}" does not exist; create it first (createdb)'
-    elif "password" in text or "authentication" in text:
-        reason = "authentication failed for the given user"
+    elif "role" in text and "does not exist" in text:
+        reason = (f'role "{user}" does not exist on the server; create it (createuser) '
+                  "or put another user name in the URL")
+    elif "not permitted to log in" in text:
+        reason = f'role "{user}" may not log in; grant it LOGIN or use another user'
+    elif "authentication failed" in text or "password" in text:
+        reason = (f'authentication failed for user "{user}"; check the password in the URL '
+                  "(percent-encoded)")
+    elif "translate host name" in text or "name or service not known" in text:
+        reason = f'unknown host "{host}"; check the host name in the URL'
+    elif "connection refused" in text:
+        reason = ("connection refused; is the server running and accepting TCP/IP "
+                  "connections on that port?")
     elif "timeout" in text or "timed out" in text:
         reason = f"no answer within {params.get('connect_timeout', CONNECT_TIMEOUT)}s"
+    elif "invalid" in text and "connection option" in text:
+        reason = "a connection option in the URL's query string has an invalid value"
     else:
-        reason = "connection refused or host unreachable; is the server running?"
+        reason = "the server could not be reached or refused the connection"
     return DatabaseUnavailableError(f"cannot connect to PostgreSQL at {where}: {reason}")
 
 
@@ -489,74 +588,68 @@ def _resolve_url(url: str | None) -> str:
 Backend: TypeAlias = SqliteDatabase | PostgresDatabase | PooledPostgresDatabase
 
 
-def make_database(url: str | None = None, **options: Any) -> Backend:
+def make_database(url: str | None = None, read_only: bool = False,
+                  **options: Any) -> Backend:
     """Build (without binding or opening) the database a URL describes.
 
-    Keyword options override what the URL's query string says.
+    ``read_only``: SQLite opens the file with ``mode=ro`` (a missing file is an error, never
+    created); PostgreSQL sessions default to read-only transactions. Keyword options override
+    what the URL's query string says. Raises ConfigurationError for a malformed URL.
     """
     url = _resolve_url(url)
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme not in SCHEMES:
-        shown = scheme or redact_url(url)
-        raise ConfigurationError(
-            f'unsupported database URL scheme "{shown}"; accepted schemes: '
-            f"{', '.join(SCHEMES)} (e.g. {DEFAULT_URL} or postgresql://user@host:5432/dbname)"
-        )
-    try:
-        kwargs = parse_url(url, unquote_password=True, unquote_user=True)
-    except ValueError as exc:
-        raise ConfigurationError(f"malformed database URL {redact_url(url)}: {exc}") from None
-    kwargs.update(options)
-    name = kwargs.pop("database", "")
-
+    parsed = parse_url(url)
     db: Backend
-    if scheme == "sqlite":
-        db = _make_sqlite(name or ":memory:", kwargs)
+    if parsed.kind == "sqlite":
+        db = _make_sqlite(parsed, read_only, options)
     else:
-        if not name:
-            raise ConfigurationError(
-                f"database URL {redact_url(url)} names no database; "
-                "expected postgresql://user@host:5432/dbname"
-            )
-        db = _make_postgres(scheme, unquote(name), kwargs)
+        db = _make_postgres(parsed, read_only, options)
     db.url = url
+    db.read_only = read_only
     return db
 
 
-def _make_sqlite(name: str, kwargs: dict[str, Any]) -> SqliteDatabase:
+def _make_sqlite(parsed: DatabaseURL, read_only: bool, options: dict[str, Any]) -> SqliteDatabase:
+    kwargs = {**parsed.options, **options}
+    name = parsed.database
     timeout = float(kwargs.pop("timeout", BUSY_TIMEOUT))
     pragmas: dict[str, Any] = {"foreign_keys": 1}
-    if name != ":memory:" and not name.startswith("file::memory:"):
+    in_memory = name == ":memory:" or name.startswith("file::memory:")
+    if read_only:
+        pragmas["query_only"] = 1
+    elif not in_memory:
         # WAL lets readers in other processes work during a write; NORMAL is durable under WAL.
         pragmas.update(journal_mode="wal", synchronous="normal")
     pragmas.update(kwargs.pop("pragmas", {}))
     field_types = {**SQLITE_FIELD_TYPES, **kwargs.pop("field_types", {})}
-    return SqliteDatabase(
+    db = SqliteDatabase(
         name, pragmas=pragmas, timeout=timeout, field_types=field_types, **kwargs
     )
+    db.keeps_connection = in_memory
+    return db
 
 
-def _make_postgres(scheme: str, name: str,
-                   kwargs: dict[str, Any]) -> PostgresDatabase | PooledPostgresDatabase:
+def _make_postgres(parsed: DatabaseURL, read_only: bool,
+                   options: dict[str, Any]) -> PostgresDatabase | PooledPostgresDatabase:
+    kwargs = {**parsed.connect_kwargs(), **options}
     kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT)
     kwargs.setdefault("application_name", "within_db")
-    options = kwargs.pop("options", "")
-    kwargs["options"] = f"-c TimeZone=UTC {options}".strip()
-    if scheme.endswith("+pool"):
+    settings = "-c TimeZone=UTC" + (" -c default_transaction_read_only=on" if read_only else "")
+    kwargs["options"] = f"{settings} {kwargs.pop('options', '') or ''}".strip()
+    if parsed.pooled:
         kwargs.setdefault("max_connections", 20)
         kwargs.setdefault("stale_timeout", 300)
-        return PooledPostgresDatabase(name, **kwargs)
-    return PostgresDatabase(name, **kwargs)
+        return PooledPostgresDatabase(parsed.database, **kwargs)
+    return PostgresDatabase(parsed.database, **kwargs)
 
 
-def connect(url: str | None = None, **options: Any) -> Backend:
+def connect(url: str | None = None, read_only: bool = False, **options: Any) -> Backend:
     """Bind the proxy to the database ``url`` describes and return that database.
 
     ``url`` falls back to ``$DATABASE_URL``, then ``sqlite:///within.db``. Calling it again
     closes the previously bound database and rebinds. The connection itself opens lazily.
-    Raises ConfigurationError for an unknown scheme or a URL without a database name.
+    Raises ConfigurationError for a malformed URL (see ``make_database``).
     """
-    db = make_database(url, **options)
+    db = make_database(url, read_only=read_only, **options)
     previous = database.obj
     if previous is not None and previous is not db and not previous.is_closed():
         previous.close()

@@ -43,6 +43,13 @@ class ValidationError(WithinDBError, ValueError):
     """A value was refused before it reached the database, or by one of its constraints."""
 
 
+class ArgumentError(ValidationError):
+    """A name, option or value the caller gave is not valid here (an unknown table or column,
+    a count out of range); the CLI reports it as a usage error (exit 2)."""
+
+    exit_code = 2
+
+
 class NotFoundError(WithinDBError, LookupError):
     """The requested row does not exist."""
 

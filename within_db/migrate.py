@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -18,7 +19,7 @@ from playhouse.migrations import MigrationError as PlayhouseMigrationError
 from playhouse.migrations import Runner as PlayhouseRunner
 
 from within_db.db import Backend, BrokenForeignKeys, bound, make_database
-from within_db.errors import MigrationError, NotMigratedError
+from within_db.errors import ConfigurationError, MigrationError, NotMigratedError
 
 __all__ = [
     "ADVISORY_LOCK_KEY", "Directory", "HISTORY_TABLE", "MigrationState", "Runner", "create",
@@ -40,12 +41,21 @@ def migrations_dir() -> Path:
 
 
 class Runner(PlayhouseRunner):
-    """playhouse's Runner, serialised across processes and with SQLite foreign-key care."""
+    """playhouse's Runner, serialised across processes and with SQLite foreign-key care.
+
+    ``on_step(name, direction)`` is called after each migration commits.
+    """
 
     database: Backend
 
-    def __init__(self, db: Backend, directory: Directory = None) -> None:
+    def __init__(self, db: Backend, directory: Directory = None,
+                 on_step: Callable[[str, str], object] | None = None) -> None:
+        if directory is not None and not Path(directory).is_dir():
+            raise ConfigurationError(
+                f"the migrations directory {directory} does not exist; create it or fix "
+                "--directory (WITHIN_DB_MIGRATIONS)")
         super().__init__(db, str(directory or migrations_dir()), table_name=HISTORY_TABLE)
+        self.on_step = on_step
 
     def up(self, target: str | None = None, fake: bool = False) -> list[str]:
         with self.database.connection_context(), self.database.migration_lock(ADVISORY_LOCK_KEY):
@@ -57,10 +67,16 @@ class Runner(PlayhouseRunner):
 
     def _run(self, name: str, module: ModuleType, direction: str, fake: bool = False) -> None:
         if fake:
-            return super()._run(name, module, direction, fake)
+            super()._run(name, module, direction, fake)
+        else:
+            self._run_checked(name, module, direction)
+        if self.on_step is not None:
+            self.on_step(name, direction)
+
+    def _run_checked(self, name: str, module: ModuleType, direction: str) -> None:
         try:
             with self.database.migration_step():
-                super()._run(name, module, direction, fake)
+                super()._run(name, module, direction)
         except BrokenForeignKeys as exc:
             raise MigrationError(
                 f"{name} ({direction}) left rows with broken foreign keys in {exc.tables}; "
@@ -104,13 +120,15 @@ def head(db: Backend | None = None, directory: Directory = None) -> str | None:
 
 
 def upgrade(db: Backend | None = None, target: str | None = None, fake: bool = False,
-            directory: Directory = None) -> list[str]:
+            directory: Directory = None,
+            on_step: Callable[[str, str], object] | None = None) -> list[str]:
     """Apply pending migrations (up to ``target``); return the names applied.
 
-    Raises MigrationError for an unknown target or a failing script (which leaves nothing).
+    Each migration commits on its own; ``on_step(name, "up")`` follows each commit. Raises
+    MigrationError for an unknown target or a failing script (which leaves nothing of it).
     """
     try:
-        applied = Runner(bound(db), directory).up(target, fake)
+        applied = Runner(bound(db), directory, on_step).up(target, fake)
     except PlayhouseMigrationError as exc:
         raise _translate(exc) from None
     for name in applied:
@@ -119,10 +137,16 @@ def upgrade(db: Backend | None = None, target: str | None = None, fake: bool = F
 
 
 def downgrade(db: Backend | None = None, target: str | None = None,
-              directory: Directory = None) -> list[str]:
-    """Revert the last migration, or every one back through ``target``; return the names."""
+              directory: Directory = None,
+              on_step: Callable[[str, str], object] | None = None) -> list[str]:
+    """Revert the last migration, or every one back through ``target``; return the names.
+
+    ``on_step(name, "down")`` follows each commit. Raises MigrationError naming a migration
+    whose file is missing before reverting anything.
+    """
+    downgrade_plan(db, target, directory)
     try:
-        return Runner(bound(db), directory).down(target)
+        return Runner(bound(db), directory, on_step).down(target)
     except PlayhouseMigrationError as exc:
         raise _translate(exc) from None
 
@@ -130,15 +154,22 @@ def downgrade(db: Backend | None = None, target: str | None = None,
 def downgrade_plan(db: Backend | None = None, target: str | None = None,
                    directory: Directory = None) -> list[str]:
     """Return the names ``downgrade`` would revert, newest first, without reverting."""
-    applied = [m.name for m in status(db, directory) if m.applied]
+    states = [m for m in status(db, directory) if m.applied]
+    applied = [m.name for m in states]
     if target is not None and target not in applied:
         raise MigrationError(f'"{target}" is not an applied migration; '
                              "run `within-db migrate status` to see names")
     if not applied:
         return []
-    if target is None:
-        return [applied[-1]]
-    return list(reversed(applied[applied.index(target):]))
+    plan = [applied[-1]] if target is None else list(reversed(applied[applied.index(target):]))
+    missing = [m.name for m in states if m.file_missing and m.name in plan]
+    if missing:
+        folder = directory or migrations_dir()
+        raise MigrationError(
+            f"cannot revert {', '.join(missing)}: the file {missing[0]}.py is missing from "
+            f"{folder}; restore it (e.g. from version control) or pass the --directory "
+            "that holds it")
+    return plan
 
 
 def rows_at_risk(db: Backend | None, plan: list[str],

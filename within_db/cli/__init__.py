@@ -7,6 +7,7 @@ stderr; ``--debug`` shows the traceback. Commands live in one module per group.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any, NoReturn
 
 import click
 import peewee
+import psycopg2
 
 import within_db
 from within_db.db import Backend
@@ -22,24 +24,42 @@ from within_db.integrity import violation
 
 __all__ = ["cli", "main"]
 
+INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
 
 @dataclass
 class Settings:
-    """What the root group parsed; commands ask it for the database."""
+    """What the root group parsed; commands ask it for the database and record their writes."""
 
     url: str | None
     debug: bool
     migrations: str | None = None
+    #: what a command has committed so far, for the message when it is interrupted
+    written: list[str] = field(default_factory=list)
     _db: Backend | None = field(default=None, repr=False)
 
-    def database(self) -> Backend:
+    def database(self, read_only: bool = False) -> Backend:
+        """Bind and return the database; ``read_only`` opens SQLite with mode=ro."""
         if self._db is None:
-            self._db = within_db.connect(self.url)
+            self._db = within_db.connect(self.url, read_only=read_only)
         return self._db
+
+
+class _Interrupted(Exception):
+    """Ctrl-C, carried past click (which would print a blank line and call it an abort)."""
 
 
 class Boundary(click.Group):
     """A click group whose ``main`` turns every failure into one line and an exit code."""
+
+    #: the running command's settings, kept to say what an interrupted command had written
+    settings: Settings | None = None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _Interrupted from None
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
@@ -47,28 +67,38 @@ class Boundary(click.Group):
         """Run the command; exit with its code (standalone mode is always off here)."""
         args = list(sys.argv[1:] if args is None else args)
         debug = "--debug" in args
+        self.settings = None
         try:
-            code = super().main(args=args, prog_name=prog_name or "within-db",
+            code = super().main(args=args, prog_name="within-db",
                                 complete_var=complete_var, standalone_mode=False, **extra)
-        except click.exceptions.Abort:
-            click.echo("Error: aborted", err=True)
-            code = 1
+        except _Interrupted:
+            click.echo(f"Error: interrupted; {_written(self.settings)}", err=True)
+            code = INTERRUPTED
+        except click.exceptions.Abort as exc:
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                click.echo(f"Error: interrupted; {_written(self.settings)}", err=True)
+                code = INTERRUPTED
+            else:
+                click.echo("Error: aborted at the prompt; nothing was changed", err=True)
+                code = 1
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "within-db"
+            message = " ".join(exc.format_message().split()).rstrip(".")
+            click.echo(f"Error: {message}; see `{command} --help`", err=True)
+            code = exc.exit_code
         except click.ClickException as exc:
-            exc.show()
+            click.echo(f"Error: {' '.join(exc.format_message().split())}", err=True)
             code = exc.exit_code
         except WithinDBError as exc:
             if debug:
                 raise
             click.echo(f"Error: {exc}", err=True)
             code = exc.exit_code
-        except peewee.PeeweeException as exc:
+        except (peewee.PeeweeException, sqlite3.Error, psycopg2.Error) as exc:
             if debug:
                 raise
             click.echo(f"Error: {_database_error(exc)}", err=True)
             code = 1
-        except KeyboardInterrupt:
-            click.echo("Error: interrupted; the current transaction was rolled back", err=True)
-            code = 130
         except Exception as exc:  # the CLI boundary: never a traceback without --debug
             if debug:
                 raise
@@ -77,13 +107,24 @@ class Boundary(click.Group):
         sys.exit(code or 0)
 
 
-def _database_error(exc: peewee.PeeweeException) -> str:
+def _written(settings: Settings | None) -> str:
+    done = settings.written if settings else []
+    if not done:
+        return "nothing was written (the step in progress was rolled back)"
+    return (f"kept what had finished ({', '.join(done)}); the step in progress was "
+            "rolled back")
+
+
+def _database_error(exc: Exception) -> str:
     # Driver text can quote row values; report the class and constraint name only.
+    db = within_db.database.obj
     if isinstance(exc, peewee.IntegrityError):
-        db = within_db.database.obj
         found = violation(exc, db) if db is not None else None
         name = f" {found.name}" if found and found.name else ""
         return f"the database refused the write ({found.kind if found else 'integrity'}{name})"
+    explained = db.explain_error(exc) if db is not None else None
+    if explained:
+        return explained
     return f"database error ({type(exc).__name__}); rerun with --debug for details"
 
 
@@ -105,6 +146,7 @@ def cli(ctx: click.Context, database_url: str | None, debug: bool) -> None:
     if debug:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
     ctx.obj = Settings(database_url, debug)
+    cli.settings = ctx.obj
     ctx.call_on_close(lambda: ctx.obj._db is not None and ctx.obj._db.close())
 
 

@@ -25,7 +25,7 @@ __all__ = ["inspect"]
 
 
 def _migrated_db(settings: Settings) -> Backend:
-    db = settings.database()
+    db = settings.database(read_only=True)
     migrations.require_migrated(db)
     return db
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
@@ -45,7 +46,7 @@ def status(settings: Settings, fmt: str | None) -> None:
     Example:
       within-db migrate status --format json
     """
-    states = api.status(settings.database(), settings.migrations)
+    states = api.status(settings.database(read_only=True), settings.migrations)
     rows = [{"name": s.name,
              "status": "applied" if s.applied else "pending",
              "file": "missing" if s.file_missing else "ok"} for s in states]
@@ -71,11 +72,19 @@ def up(settings: Settings, target: str | None, fake: bool) -> None:
       within-db migrate up --target 0001_initial
     """
     applied = api.upgrade(settings.database(), target=target, fake=fake,
-                          directory=settings.migrations)
-    for name in applied:
-        click.echo(f"applied {name}{' (fake)' if fake else ''}")
+                          directory=settings.migrations, on_step=_progress(settings, fake))
     if not applied:
         note("nothing to apply; the database is up to date")
+
+
+def _progress(settings: Settings, fake: bool = False) -> Callable[[str, str], None]:
+    """Report each committed migration on stderr and remember it for an interruption."""
+    def step(name: str, direction: str) -> None:
+        verb = "applied" if direction == "up" else "reverted"
+        done = f"{verb} {name}{' (fake)' if fake else ''}"
+        settings.written.append(done)
+        note(done)
+    return step
 
 
 @migrate.command()
@@ -105,8 +114,7 @@ def down(settings: Settings, target: str | None, yes: bool) -> None:
         if not sys.stdin.isatty():
             raise MigrationError(f"{message}; rerun with --yes to confirm")
         click.confirm(f"{message}. Continue?", abort=True, err=True)
-    for name in api.downgrade(db, target, settings.migrations):
-        click.echo(f"reverted {name}")
+    api.downgrade(db, target, settings.migrations, on_step=_progress(settings))
 
 
 @migrate.command()
@@ -150,7 +158,7 @@ def check(settings: Settings) -> None:
     Example:
       within-db --database-url postgresql://root@127.0.0.1:5432/test migrate check
     """
-    differences = drift.check(settings.database(), directory=settings.migrations)
+    differences = drift.check(settings.database(read_only=True), directory=settings.migrations)
     for line in differences:
         click.echo(line)
     if differences:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -20,17 +22,43 @@ COUNT_NAMES = [f.name for f in dataclasses.fields(Scale)]
 
 
 class _Progress:
-    """One click progress bar per phase on a terminal; silent otherwise."""
+    """Progress on stderr: a bar per phase on a terminal; otherwise a line when a phase starts
+    and a heartbeat line every ``every`` seconds (what CI logs can show, as pip and dbt do)."""
 
-    def __init__(self, scale: Scale, enabled: bool) -> None:
-        self.enabled = enabled
+    def __init__(self, scale: Scale, terminal: bool, every: float = 5.0) -> None:
+        self.terminal = terminal
+        self.every = every
         self.totals = {"users": scale.users, "campaigns": scale.users, "models": scale.models,
                        "predictions": scale.predictions, "analytics": scale.users}
+        self.done: dict[str, int] = {}
+        self.phase = "migrations"
         self.bars: dict[str, Any] = {}
+        self.started = time.monotonic()
+        self.stop = threading.Event()
+        if not terminal:
+            threading.Thread(target=self._heartbeat, daemon=True).start()
 
     def __call__(self, phase: str, n: int) -> None:
-        if not self.enabled:
-            return
+        first = phase not in self.done
+        self.done[phase] = self.done.get(phase, 0) + n
+        self.phase = phase
+        if self.terminal:
+            self._bar(phase).update(n)
+        elif first:
+            self._line()
+
+    def _line(self) -> None:
+        phase = self.phase
+        total = self.totals.get(phase)
+        count = f" {self.done.get(phase, 0):,}{f'/{total:,}' if total else ''}"
+        note(f"seed: {phase}{count if phase in self.done else ''} "
+             f"({time.monotonic() - self.started:.0f}s)")
+
+    def _heartbeat(self) -> None:
+        while not self.stop.wait(self.every):
+            self._line()
+
+    def _bar(self, phase: str) -> Any:
         if phase not in self.bars:
             for bar in self.bars.values():
                 bar.render_finish()
@@ -38,9 +66,10 @@ class _Progress:
                                     label=f"{phase:<12}", file=sys.stderr)
             bar.__enter__()
             self.bars[phase] = bar
-        self.bars[phase].update(n)
+        return self.bars[phase]
 
     def close(self) -> None:
+        self.stop.set()
         for bar in self.bars.values():
             bar.__exit__(None, None, None)
 
@@ -88,7 +117,9 @@ def seed(settings: Settings, scale: str, counts: tuple[str, ...], seed: int, res
     progress = _Progress(chosen, sys.stderr.isatty())
     try:
         summary = run_seed(settings.database(), scale, seed, reset=reset, append=append,
-                           overrides=overrides, progress=progress)
+                           overrides=overrides, progress=progress,
+                           on_step=lambda name, way: settings.written.append(
+                               f"{'applied' if way == 'up' else 'reverted'} {name}"))
     finally:
         progress.close()
     rows = [{"table": t, "rows": n, "added": summary["added"].get(t, 0)}

@@ -14,7 +14,7 @@ from typing import Any
 import peewee
 
 from within_db.db import Backend
-from within_db.errors import ValidationError
+from within_db.errors import ArgumentError
 
 __all__ = [
     "Column", "ForeignKey", "Index", "Table", "describe", "require_column", "require_table",
@@ -82,16 +82,16 @@ def describe(db: Backend, tables: list[str] | None = None) -> dict[str, Table]:
 
 
 def require_table(db: Backend, name: str) -> str:
-    """Return ``name`` if it is a table here, else raise ValidationError listing valid names."""
+    """Return ``name`` if it is a table here, else raise ArgumentError listing valid names."""
     valid = table_names(db)
     if name not in valid:
-        raise ValidationError(f'unknown table "{name}"; valid tables: {", ".join(valid)}')
+        raise ArgumentError(f'unknown table "{name}"; valid tables: {", ".join(valid)}')
     return name
 
 
 def require_column(table: Table, name: str) -> str:
     if name not in table.columns:
-        raise ValidationError(
+        raise ArgumentError(
             f'unknown column "{name}" in table "{table.name}"; valid columns: '
             f'{", ".join(table.columns)}'
         )

@@ -14,7 +14,7 @@ from typing import Any
 import peewee
 
 from within_db.db import Backend
-from within_db.errors import ValidationError
+from within_db.errors import ArgumentError
 from within_db.models import ALL_MODELS
 from within_db.schema import introspect
 
@@ -34,6 +34,9 @@ def table_counts(db: Backend) -> list[dict[str, Any]]:
 def _coerce(field: peewee.Field | None, column: str, value: str) -> Any:
     if field is None:
         return value
+    if isinstance(field, peewee.JSONField):
+        raise ArgumentError(f'column "{column}" holds JSON, which --where cannot compare; '
+                            "filter on another column, or query JSON paths from Python")
     try:
         if isinstance(field, peewee.BooleanField):
             lowered = value.strip().lower()
@@ -54,11 +57,9 @@ def _coerce(field: peewee.Field | None, column: str, value: str) -> Any:
         if field.field_type == "TIMESTAMPTZ":
             parsed = dt.datetime.fromisoformat(value)
             return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-        if isinstance(field, peewee.JSONField):
-            raise ValidationError(f'column "{column}" holds JSON and cannot be filtered here')
     except ValueError:
         kind = type(field).__name__.replace("Field", "").lower() or "value"
-        raise ValidationError(f'--where {column}: "{value}" is not a valid {kind}') from None
+        raise ArgumentError(f'--where {column}: "{value}" is not a valid {kind}') from None
     return value
 
 
@@ -66,7 +67,7 @@ def rows(db: Backend, table: str, filters: Iterable[tuple[str, str]] = (),
          order: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
     """Return up to ``limit`` rows of ``table`` matching every ``column = value`` filter.
 
-    Raises ValidationError naming the valid tables or columns for an unknown name.
+    Raises ArgumentError naming the valid tables or columns for an unknown name.
     """
     with db.connection_context():
         introspect.require_table(db, table)

@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 from within_db import migrate
 from within_db.db import Backend, write_transaction
-from within_db.errors import ValidationError
+from within_db.errors import ArgumentError, ValidationError
 from within_db.models import ALL_MODELS
 from within_db.seed.analytics import seed_analytics
 from within_db.seed.campaigns import seed_campaigns
-from within_db.seed.common import SCALES, Scale, SeedContext
+from within_db.seed.common import SCALES, Scale, SeedContext, check_scale
 from within_db.seed.ml import seed_ml
 from within_db.seed.users import seed_users
 
@@ -32,28 +32,31 @@ def _counts(db: Backend) -> dict[str, int]:
 
 def run_seed(db: Backend, scale: str | Scale = "small", seed: int = DEFAULT_SEED,
              reset: bool = False, append: bool = False, overrides: dict[str, int] | None = None,
-             progress: Callable[[str, int], object] | None = None) -> dict:
+             progress: Callable[[str, int], object] | None = None,
+             on_step: Callable[[str, str], object] | None = None) -> dict:
     """Migrate ``db``, then fill it; return ``{"tables": {table: rows}, "seconds": ...}``.
 
     Refuses (ValidationError) a database that already holds data unless ``reset`` (drop and
     rebuild the schema first) or ``append`` (add more, with fresh ids) is given.
+    ``on_step(name, direction)`` follows each migration the seed applies or reverts.
     """
     if reset and append:
-        raise ValidationError("--reset and --append exclude each other")
+        raise ArgumentError("--reset and --append exclude each other")
     chosen = SCALES[scale] if isinstance(scale, str) else scale
     if overrides:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(Scale)}
         if unknown:
-            raise ValidationError(f"unknown counts: {', '.join(sorted(unknown))}; valid: "
+            raise ArgumentError(f"unknown counts: {', '.join(sorted(unknown))}; valid: "
                                   f"{', '.join(f.name for f in dataclasses.fields(Scale))}")
         chosen = dataclasses.replace(chosen, **overrides)
+    check_scale(chosen)
     started = time.perf_counter()
     if reset:
         with db.connection_context():
             tables = set(db.table_names())
         if migrate.HISTORY_TABLE in tables and migrate.head(db):
-            migrate.downgrade(db, target=migrate.status(db)[0].name)
-    migrate.upgrade(db)
+            migrate.downgrade(db, target=migrate.status(db)[0].name, on_step=on_step)
+    migrate.upgrade(db, on_step=on_step)
     with db.connection_context():
         before = _counts(db)
         existing = before["users"]

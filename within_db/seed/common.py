@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 
 from faker import Faker
 
-__all__ = ["REFERENCE", "REFERENCE_DATE", "SCALES", "Scale", "SeedContext"]
+from within_db.errors import ArgumentError
+
+__all__ = ["COUNT_BOUNDS", "REFERENCE", "REFERENCE_DATE", "SCALES", "Scale", "SeedContext",
+           "check_scale"]
 
 REFERENCE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 REFERENCE_DATE = REFERENCE.date()
@@ -40,6 +43,38 @@ SCALES = {
                    models=12, versions_per_model=6, predictions=1_000_000,
                    saved_queries_per_user=2),
 }
+
+
+# (least, most) of each count; the generators need the least, the most keeps a typo from
+# running for hours. MAX_ROWS bounds the product (daily ad metrics dominate).
+COUNT_BOUNDS = {
+    "users": (1, 100_000),
+    "campaigns_per_user": (0, 1_000),
+    "ads_per_campaign": (0, 1_000),
+    "max_days": (3, 3_650),
+    "models": (0, 10_000),
+    "versions_per_model": (2, 1_000),
+    "predictions": (0, 50_000_000),
+    "saved_queries_per_user": (0, 8),  # one per distinct query in seed.analytics.QUERIES
+}
+WHY_LEAST = {"users": "the first user is the admin", "max_days": "a campaign runs 3 days or more",
+             "versions_per_model": "each model gets a production and a staging version"}
+MAX_ROWS = 50_000_000
+
+
+def check_scale(scale: Scale) -> None:
+    """Raise ArgumentError naming the first count out of its bounds, or a too-large total."""
+    for name, (least, most) in COUNT_BOUNDS.items():
+        value = getattr(scale, name)
+        if not least <= value <= most:
+            why = f" ({WHY_LEAST[name]})" if name in WHY_LEAST and value < least else ""
+            raise ArgumentError(f"--count {name}={value} is out of range: expected {least:,} "
+                                f"to {most:,}{why}")
+    metrics = scale.users * scale.campaigns_per_user * scale.ads_per_campaign * scale.max_days
+    if metrics + scale.predictions > MAX_ROWS:
+        raise ArgumentError(
+            f"these counts would write up to {metrics + scale.predictions:,} rows (more than "
+            f"{MAX_ROWS:,}); lower users, campaigns_per_user, ads_per_campaign or max_days")
 
 
 @dataclass
