@@ -27,7 +27,6 @@ from playhouse.test_utils import count_queries
 
 import within_db
 from within_db import batch, migrate
-from within_db.fields import format_utc
 from within_db.models.campaigns import Ad, Campaign
 from within_db.models.ml_system import MLModel, ModelVersion, PredictionLog
 from within_db.models.users import User
@@ -67,72 +66,70 @@ def peak_mb(fn) -> float:
 
 
 # -- raw references ---------------------------------------------------------------------------
+# Lean on purpose: the standard library and the driver only, the fastest obvious conversions
+# (isoformat, json.dumps), and connections opened before the timed region.
+
+INSERT_SQL = (f"INSERT INTO prediction_logs ({', '.join(COLUMNS)}) "  # noqa: S608
+              "VALUES (?, ?, ?, ?, ?, ?, ?)")
+SELECT_SQL = ("SELECT id, model_version_id, request_id, ad_id, score, features, latency_ms, "
+              "created_at FROM prediction_logs")
 
 
-def raw_sqlite_insert(path: str, rows: list[dict]) -> None:
+def raw_sqlite_connection(path: str):
     import sqlite3
 
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=wal")
     conn.execute("PRAGMA synchronous=normal")
     conn.execute("PRAGMA foreign_keys=1")
-    sql = (f"INSERT INTO prediction_logs ({', '.join(COLUMNS)}) "  # noqa: S608
-           "VALUES (?, ?, ?, ?, ?, ?, ?)")
+    return conn
+
+
+def raw_sqlite_insert(conn, rows: list[dict]) -> None:
+    dumps = json.dumps
     conn.execute("BEGIN")
-    conn.executemany(sql, ((r["model_version"], r["request_id"], r["ad"], r["score"],
-                            json.dumps(r["features"]), r["latency_ms"],
-                            format_utc(r["created_at"])) for r in rows))
+    conn.executemany(INSERT_SQL, [(r["model_version"], r["request_id"], r["ad"], r["score"],
+                                   dumps(r["features"]), r["latency_ms"],
+                                   r["created_at"].isoformat()) for r in rows])
     conn.execute("COMMIT")
-    conn.close()
 
 
-def raw_pg_insert(dsn: str, rows: list[dict]) -> None:
+def raw_pg_insert(conn, rows: list[dict]) -> None:
     import io
 
-    conn = psycopg2.connect(dsn)
+    dumps = json.dumps
     buf = io.StringIO()
-    for r in rows:
-        buf.write(f"{r['model_version']}\t{r['request_id']}\t\\N\t{r['score']!r}\t"
-                  f"{json.dumps(r['features'])}\t{r['latency_ms']!r}\t"
-                  f"{r['created_at'].isoformat()}\n")
+    buf.writelines([f"{r['model_version']}\t{r['request_id']}\t\\N\t{r['score']!r}\t"
+                    f"{dumps(r['features'])}\t{r['latency_ms']!r}\t"
+                    f"{r['created_at'].isoformat()}\n" for r in rows])
     buf.seek(0)
     with conn, conn.cursor() as cur:
         cur.copy_expert(f"COPY prediction_logs ({', '.join(COLUMNS)}) FROM STDIN", buf)
-    conn.close()
 
 
-def raw_sqlite_stream(path: str) -> int:
-    import sqlite3
-
-    conn = sqlite3.connect(path)
-    cur = conn.execute("SELECT id, model_version_id, request_id, ad_id, score, features, "
-                       "latency_ms, created_at FROM prediction_logs")
+def raw_sqlite_stream(conn) -> int:
+    loads, parse, as_uuid = json.loads, dt.datetime.fromisoformat, uuid.UUID
+    cur = conn.execute(SELECT_SQL)
     n = 0
     while rows := cur.fetchmany(2000):
         for r in rows:
             _ = {"id": r[0], "model_version": r[1], "request_id": r[2],
-                 "ad": uuid.UUID(r[3]) if r[3] else None, "score": r[4],
-                 "features": json.loads(r[5]), "latency_ms": r[6],
-                 "created_at": dt.datetime.fromisoformat(r[7])}
+                 "ad": as_uuid(r[3]) if r[3] else None, "score": r[4],
+                 "features": loads(r[5]), "latency_ms": r[6], "created_at": parse(r[7])}
             n += 1
-    conn.close()
+    cur.close()
     return n
 
 
-def raw_pg_stream(dsn: str) -> int:
-    conn = psycopg2.connect(dsn)
+def raw_pg_stream(conn) -> int:
     n = 0
-    with conn, conn.cursor(name="bench") as cur:
-        cur.execute("SELECT id, model_version_id, request_id, ad_id, score, features, "
-                    "latency_ms, created_at FROM prediction_logs")
+    with conn, conn.cursor(name="bench") as cur:  # a server-side cursor: flat memory
+        cur.execute(SELECT_SQL)
         while rows := cur.fetchmany(2000):
-            for r in rows:
-                _ = {"id": r[0], "model_version": r[1], "request_id": r[2],
-                     "ad": uuid.UUID(r[3]) if r[3] else None, "score": r[4],
-                     "features": r[5], "latency_ms": r[6],
-                     "created_at": r[7].astimezone(UTC)}
+            for r in rows:  # psycopg2 already returns UUID, dict and aware datetimes
+                _ = {"id": r[0], "model_version": r[1], "request_id": r[2], "ad": r[3],
+                     "score": r[4], "features": r[5], "latency_ms": r[6], "created_at": r[7]}
                 n += 1
-    conn.close()
     return n
 
 
@@ -204,6 +201,8 @@ def naive_user_campaigns(user_id) -> list:
 def bench_backend(name: str, url: str, dsn_or_path: str, n: int, repeat: int) -> list[tuple]:
     db = within_db.connect(url)
     migrate.upgrade(db)
+    conn = (raw_sqlite_connection(dsn_or_path) if name == "sqlite"
+            else psycopg2.connect(dsn_or_path))
     results = []
     with db.connection_context():
         owner = User.create(email=f"bench-{uuid.uuid4().hex[:8]}@example.com")
@@ -224,10 +223,7 @@ def bench_backend(name: str, url: str, dsn_or_path: str, n: int, repeat: int) ->
             batch.bulk_insert(PredictionLog, rows["data"])
 
         def raw():
-            if name == "sqlite":
-                raw_sqlite_insert(dsn_or_path, rows["data"])
-            else:
-                raw_pg_insert(dsn_or_path, rows["data"])
+            (raw_sqlite_insert if name == "sqlite" else raw_pg_insert)(conn, rows["data"])
 
         def peewee_insert_many():
             with db.atomic():
@@ -248,7 +244,7 @@ def bench_backend(name: str, url: str, dsn_or_path: str, n: int, repeat: int) ->
             return sum(1 for _ in batch.stream(query))
 
         def raw_stream():
-            return (raw_sqlite_stream if name == "sqlite" else raw_pg_stream)(dsn_or_path)
+            return (raw_sqlite_stream if name == "sqlite" else raw_pg_stream)(conn)
 
         def as_list():
             return len(list(PredictionLog.select().dicts()))  # a new query: no result cache
@@ -287,6 +283,7 @@ def bench_backend(name: str, url: str, dsn_or_path: str, n: int, repeat: int) ->
                      t_ours / t_raw, "", q_ours.count),
                     (name, "user campaigns", "naive loop (design example)", t_naive,
                      t_naive / t_raw, "", q_naive.count)]
+    conn.close()
     db.close()
     return results
 

@@ -11,6 +11,7 @@ import uuid
 import peewee
 import psycopg2
 import pytest
+from hypothesis import HealthCheck, settings
 
 import within_db
 from within_db import migrate
@@ -20,6 +21,15 @@ PG_ADMIN_URL = os.environ.get("WITHIN_DB_TEST_POSTGRES_URL",
                               "postgresql://root@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("WITHIN_DB_REQUIRE_POSTGRES") == "1"
 BACKENDS = ("sqlite", "postgres")
+
+# Property tests run inside a database transaction (a savepoint per example); deadlines mean
+# nothing on a shared 2-core machine. CI keeps the example count modest for both backends.
+_PROFILE = dict(deadline=None, derandomize=False,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.register_profile("ci", max_examples=40, **_PROFILE)
+settings.register_profile("dev", max_examples=20, **_PROFILE)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE")
+                      or ("ci" if os.environ.get("CI") else "dev"))
 
 
 def _admin():
@@ -112,6 +122,30 @@ def db(session_db):
     database.initialize(session_db)
     with session_db.atomic() as txn:
         yield session_db
+        txn.rollback()
+    database.initialize(None)
+
+
+@pytest.fixture(scope="session")
+def seeded_session_db(databases):
+    """A migrated database of the backend holding the ``tiny`` seed (committed, read-mostly)."""
+    from within_db.seed import run_seed
+
+    db = within_db.db.make_database(databases.new_url())
+    database.initialize(db)
+    run_seed(db, "tiny")
+    database.initialize(None)
+    db.connect()
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def seeded_db(seeded_session_db):
+    """The seeded database, bound to the proxy, in a transaction that is rolled back."""
+    database.initialize(seeded_session_db)
+    with seeded_session_db.atomic() as txn:
+        yield seeded_session_db
         txn.rollback()
     database.initialize(None)
 

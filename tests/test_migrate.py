@@ -212,14 +212,15 @@ def test_generate_writes_a_migration_that_closes_the_drift(fresh_db, tmp_path):
     try:
         assert drift.check(fresh_db, models=models, directory=folder)
         path = drift.generate("add notes", fresh_db, models=models, directory=folder)
-        assert path.endswith("0003_add_notes.py")
+        added = f"{len(SHIPPED) + 1:04d}_add_notes"
+        assert path.endswith(f"{added}.py")
         source = open(path).read()
         assert "notes_body_not_empty_check" in source and "nickname" in source
-        assert migrate.upgrade(fresh_db, directory=folder) == ["0003_add_notes"]
+        assert migrate.upgrade(fresh_db, directory=folder) == [added]
         assert drift.check(fresh_db, models=models, directory=folder) == []
         with pytest.raises(MigrationError, match="nothing to generate"):
             drift.generate("again", fresh_db, models=models, directory=folder)
-        assert migrate.downgrade(fresh_db, directory=folder) == ["0003_add_notes"]
+        assert migrate.downgrade(fresh_db, directory=folder) == [added]
     finally:
         User._meta.remove_field("nickname")
 
@@ -270,3 +271,55 @@ def test_a_scope_leaves_the_callers_open_connection_open(fresh_db):
     fresh_db.close()
     migrate.status(fresh_db)
     assert fresh_db.is_closed()  # a connection it opened itself is closed again
+
+
+def test_migrations_rebuild_tables_keeping_strict_types_and_triggers(migrated_fresh_db, backend):
+    # What migrations get: playhouse's migrator, which on SQLite keeps STRICT and triggers
+    # through its table rebuild (plain playhouse would drop both).
+    db = migrated_fresh_db
+    migrator = migrate.Runner(db).migrator
+    with db.connection_context():
+        for model in ALL_MODELS:
+            table = model._meta.table_name
+            before = introspect.describe(db, [table])[table]
+            with db.atomic() as txn:
+                migrator.migrate(
+                    migrator.add_column(table, "probe", peewee.CharField(default="p")),
+                    migrator.add_not_null(table, "probe"),
+                    migrator.drop_column(table, "probe"),
+                )
+                after = introspect.describe(db, [table])[table]
+                assert after.strict is before.strict is (backend == "sqlite"), table
+                assert after.triggers.keys() == before.triggers.keys(), table
+                assert after.columns == before.columns and after.checks == before.checks
+                txn.rollback()
+
+
+def test_strict_migration_keeps_rows_triggers_and_indexes(fresh_db, backend):
+    from within_db.services import audit, users
+
+    strict = next(name for name in SHIPPED if name.endswith("_strict_tables"))
+    before_strict = SHIPPED[SHIPPED.index(strict) - 1]
+    migrate.upgrade(fresh_db, target=before_strict)
+    with fresh_db.connection_context():
+        user = users.create_user("keep@example.com", "correct horse battery staple",
+                                 is_superuser=True)
+        audit.record_event(user, "login")
+        old = {t.name: t for t in introspect.describe(fresh_db).values()}
+    migrate.upgrade(fresh_db)
+    with fresh_db.connection_context():
+        new = introspect.describe(fresh_db)
+        kept = User.get(User.email == "keep@example.com")
+        assert kept.id == user.id and kept.is_superuser is True and kept.is_active is True
+        for name, table in old.items():
+            assert new[name].indexes == table.indexes, name
+            assert new[name].triggers.keys() == table.triggers.keys(), name
+            assert new[name].strict is (backend == "sqlite" and name != migrate.HISTORY_TABLE)
+        assert "audit_logs_no_update" in new["audit_logs"].triggers or backend == "postgres"
+        with pytest.raises(peewee.DatabaseError, match="append-only"):
+            with fresh_db.atomic():
+                fresh_db.execute_sql("UPDATE audit_logs SET action = 'x'")
+    assert migrate.downgrade(fresh_db, target=strict)[-1] == strict
+    with fresh_db.connection_context():
+        assert not any(t.strict for t in introspect.describe(fresh_db).values())
+        assert User.get(User.email == "keep@example.com").is_superuser is True

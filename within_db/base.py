@@ -15,7 +15,7 @@ import peewee
 from playhouse.migrate import SqliteMigrator
 
 from within_db.db import database
-from within_db.fields import UTCDateTimeField, storage_field, utcnow
+from within_db.fields import AutoField, UTCDateTimeField, codec_of, utcnow
 
 __all__ = [
     "BaseModel", "MAX_IDENTIFIER", "TimestampedModel", "check", "constraint_name", "currency_code",
@@ -44,42 +44,43 @@ def jsonable(value: Any) -> Any:
     raise TypeError(f"cannot make {type(value).__name__} JSON-serialisable")
 
 
-def _uuid_text(value: uuid.UUID | str) -> str:
-    return str(value if isinstance(value, uuid.UUID) else uuid.UUID(value))
-
-
-def _json_converter(field: peewee.Field) -> Callable[[Any], Any] | None:
+def _json_converter(field: peewee.Field, db: Any) -> Callable[[Any], Any] | None:
     """Return f(raw database value) -> the value ``to_dict()`` gives, or None for identity."""
-    target = storage_field(field)
-    if isinstance(target, peewee.UUIDField):
-        return _uuid_text
-    if isinstance(target, peewee.BooleanField):
-        return bool
-    if isinstance(target, peewee.JSONField):
-        # JSON columns hold JSON values already: decode (SQLite) and keep
-        return target.python_value
-    if type(target).__module__ == "peewee" and isinstance(
-            target, (peewee.IntegerField, peewee.FloatField, peewee.CharField,
-                     peewee.TextField)):
-        return None
-    python_value = target.python_value
+    codec = codec_of(field)
+    read = codec.reader(db) if codec.python_type is not object else field.python_value
+    if codec.json_native:
+        return read
+    if read is None:
+        return jsonable
 
     def convert(value: Any) -> Any:
-        return jsonable(python_value(value))
+        return jsonable(read(value))
 
     return convert
+
+
+class _Metadata(peewee.Metadata):
+    """Model metadata whose ``strict_tables`` follows the database (STRICT on SQLite)."""
+
+    @property
+    def strict_tables(self) -> bool:
+        return bool(self._strict or getattr(self.database, "strict_tables", False))
+
+    @strict_tables.setter
+    def strict_tables(self, value: bool | None) -> None:
+        self._strict = value
 
 
 class BaseModel(peewee.Model):
     """Every within_db model: bound to the proxy, flat secret-free ``to_dict()``."""
 
-    # Every within_db model's primary key is ``id`` (an integer, or a UUID where declared);
-    # peewee adds the implicit one at runtime, so type checkers are told here.
-    id: Any
+    # Every within_db model's primary key is ``id``: this integer, or a UUID where declared.
+    id: Any = AutoField()
 
     class Meta:
         database = database
         legacy_table_names = False
+        model_metadata_class = _Metadata  # STRICT tables where the database has them
 
     @classmethod
     def public_fields(cls) -> list[peewee.Field]:
@@ -97,8 +98,10 @@ class BaseModel(peewee.Model):
         fields = cls.public_fields()
         keys = [f.column_name if isinstance(f, peewee.ForeignKeyField) else f.name
                 for f in fields]
+        db = cls._meta.database
         plan = [(i, key, conv) for i, (key, conv) in
-                enumerate(zip(keys, map(_json_converter, fields), strict=True)) if conv]
+                enumerate(zip(keys, (_json_converter(f, db) for f in fields), strict=True))
+                if conv]
         out = []
         for row in cls._meta.database.execute(query):  # raw rows: no peewee conversion
             item = dict(zip(keys, row, strict=True))

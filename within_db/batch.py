@@ -8,18 +8,14 @@ rows flow as they are produced), the lazy cursor on SQLite.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import peewee
 
 from within_db.db import Backend, BulkLoadFailed, bound
 from within_db.errors import BulkInsertError, ConfigurationError, ValidationError
-from within_db.fields import MoneyField, UTCDateTimeField, format_utc, storage_field, to_micros
+from within_db.fields import INLINE_ENV, codec_of, copy_escape
 from within_db.integrity import violation
 
 if TYPE_CHECKING:
@@ -29,85 +25,181 @@ __all__ = ["DEFAULT_BATCH", "DEFAULT_CHUNK", "Row", "bulk_insert", "stream", "to
 
 DEFAULT_BATCH = 10_000
 DEFAULT_CHUNK = 2_000
-_PASSTHROUGH = (peewee.IntegerField, peewee.FloatField, peewee.CharField, peewee.TextField,
-                peewee.BooleanField)
-#: a row for ``bulk_insert``: a dict keyed by field name, or a tuple in ``fields`` order
+#: a row for ``bulk_insert``: a dict keyed by field or column name, or a tuple in ``fields`` order
 Row: TypeAlias = dict[str, Any] | Sequence[Any]
 
 
 def _insert_fields(model: type[peewee.Model]) -> list[peewee.Field]:
-    return [f for f in model._meta.sorted_fields if not isinstance(f, peewee.AutoField)]
+    return [f for f in model._meta.sorted_fields if not f.auto_increment]
 
 
-def _converter(field: peewee.Field) -> Callable[[Any], Any] | None:
-    """Return the to-storage conversion of a field, or None where values pass as they are."""
-    target = storage_field(field)
-    if isinstance(target, peewee.JSONField):
-        return json.dumps
-    if isinstance(target, UTCDateTimeField):
-        return format_utc
-    if isinstance(target, MoneyField):
-        return to_micros
-    if isinstance(target, peewee.DateField) and type(target).__module__ == "peewee":
-        return _date_text
-    if isinstance(target, _PASSTHROUGH) and type(target).__module__ == "peewee":
-        return None  # the driver binds these natively; the database checks the type
-    return target.db_value
+_END = object()
 
 
-def _date_text(value: Any) -> str:
-    return value.isoformat() if isinstance(value, dt.date) else str(value)
+class _KeysChanged(Exception):
+    """A row's keys differ from those the running converter was compiled for."""
 
 
-_MISSING = object()
+# -- per-model row converters ---------------------------------------------------------------
+#
+# A converter is compiled per (model, key set, output) the way namedtuple compiles its class:
+# each value's common case (a str within its length, a finite float, an aware UTC datetime...)
+# is checked and converted inline, as fast as hand-written code; anything else calls the
+# field's codec, which converts it or raises ValidationError. Names and defaults enter the
+# source only through repr() or the environment, never as text a caller chose.
+
+# COPY text of an inline storage value, by its Python type (``{}`` is the value's source)
+_COPY_INLINE = {
+    int: "{v}", float: "{v}",  # %s renders ints as digits and floats as repr()
+    bool: "('t' if {v} else 'f')",
+    str: "({y} if '\\\\' not in ({y} := {v}) and '\\t' not in {y} and '\\n' not in {y} "
+         "and '\\r' not in {y} else _esc({y}))",
+}
 
 
-def _rows(fields: list[peewee.Field], rows: Iterable[Row],
-          tuple_fields: list[str]) -> Iterator[tuple[Any, ...]]:
-    """Yield storage-ready tuples; raise BulkInsertError naming the row position."""
-    plan = []
-    for f in fields:
-        alias = f.column_name if f.column_name != f.name else None
-        required = not f.null and f.default is None
-        plan.append((f.name, alias, _converter(f), f.default, callable(f.default), required))
-    known = {f.name for f in fields} | {f.column_name for f in fields}
-    for position, row in enumerate(rows):
-        try:
-            if isinstance(row, dict):
-                given = row
-                if position == 0 and not set(row) <= known:  # checked once: a hot loop
-                    raise ValidationError(f"unknown fields {', '.join(sorted(set(row) - known))}")
+class _Converters:
+    """Compiled row converters of one bulk insert, cached by the rows' key set."""
+
+    def __init__(self, model: type[peewee.Model], fields: list[peewee.Field],
+                 tuple_fields: list[str], text: bool):
+        self.model, self.fields, self.text = model, fields, text
+        self.tuple_fields = tuple_fields
+        self.by_name = {f.name: f for f in fields}
+        self.by_column = {f.column_name: f for f in fields}
+        self.cache: dict[frozenset | int, Callable] = {}
+
+    def for_row(self, row: Any) -> Callable:
+        if isinstance(row, dict):
+            key: frozenset | int = frozenset(row)
+        else:
+            key = len(row)
+        found = self.cache.get(key)
+        if found is None:
+            found = self.cache[key] = self._compile(row)
+        return found
+
+    def _given(self, row: Any) -> dict[str, str | int]:
+        """Map field name -> the key (or tuple index) that holds its value in ``row``."""
+        if not isinstance(row, dict):
+            if len(row) != len(self.tuple_fields):
+                raise ValidationError(f"expected {len(self.tuple_fields)} values, got "
+                                      f"{len(row)}")
+            return {name: i for i, name in enumerate(self.tuple_fields)}
+        given: dict[str, str | int] = {}
+        unknown = []
+        for key in row:
+            field = self.by_name.get(key) or self.by_column.get(key)
+            if field is None:
+                unknown.append(str(key))
+            elif field.name in given:
+                raise ValidationError(f"{field.name!r} given twice (as {given[field.name]!r} "
+                                      f"and {key!r})")
             else:
-                if len(row) != len(tuple_fields):
-                    raise ValidationError(f"expected {len(tuple_fields)} values, got {len(row)}")
-                given = dict(zip(tuple_fields, row, strict=True))
-            values = []
-            for name, alias, convert, default, is_callable, required in plan:
-                value = given.get(name, _MISSING)
-                if value is _MISSING and alias is not None:
-                    value = given.get(alias, _MISSING)
-                if value is _MISSING:
-                    if required:
-                        raise ValidationError(f"missing required field {name!r}")
-                    value = default() if is_callable else default
-                if convert is not None and value is not None:
-                    value = convert(value)
-                values.append(value)
-            yield tuple(values)
-        except (ValidationError, ValueError, TypeError) as exc:
-            raise BulkInsertError(f"row {position}: {exc}; nothing was written",
-                                  position=position) from None
+                given[field.name] = key
+        if unknown:
+            raise ValidationError(f"unknown fields {', '.join(sorted(unknown))}")
+        return given
+
+    def _compile(self, row: Any) -> Callable:
+        given = self._given(row)
+        env: dict[str, Any] = {**INLINE_ENV, "_esc": copy_escape, "_KeysChanged": _KeysChanged,
+                               "_len": len}
+        lines, items = [], []
+        for i, field in enumerate(self.fields):
+            codec = codec_of(field)
+            env[f"_s{i}"] = _slow(field, codec, self.text)
+            x = f"x{i}"
+            if field.name in given:
+                lines.append(f"    {x} = r[{given[field.name]!r}]")
+                items.append(self._expression(x, i, field, codec))
+            elif not field.null and field.default is None:
+                raise ValidationError(f"missing required field {field.name!r}")
+            elif callable(field.default):
+                env[f"_d{i}"] = field.default
+                lines.append(f"    {x} = _d{i}()")
+                items.append(self._expression(x, i, field, codec))
+            else:  # a constant default, converted once
+                env[f"_k{i}"] = env[f"_s{i}"](field.default)
+                items.append(f"_k{i}")
+        head = ["def convert(r):", f"    if _len(r) != {len(row)}:", "        raise _KeysChanged"]
+        if self.text:
+            env["_line"] = "\t".join(["%s"] * len(items)) + "\n"
+            body = "    return _line % (" + ", ".join(items) + ",)"
+        else:
+            body = "    return (" + ", ".join(items) + ",)"
+        source = "\n".join(head + lines + [body])
+        exec(source, env)  # noqa: S102 - generated from field metadata only, see above
+        return env["convert"]
+
+    def _expression(self, x: str, i: int, field: peewee.Field, codec: Any) -> str:
+        fast = codec.inline(x)
+        if fast is None:
+            value = f"_s{i}({x})"
+        else:
+            cond, expr, kind = fast
+            if self.text:
+                expr = _COPY_INLINE[kind].format(v=expr, y=f"y{i}")
+            value = f"({expr} if {cond} else _s{i}({x}))"
+        if field.null:
+            null = "'\\\\N'" if self.text else "None"
+            return f"({null} if {x} is None else {value})"
+        return value
 
 
-def bulk_insert(model: type[peewee.Model], rows: Iterable[Row], batch_size: int | None = None,
-                fields: list[str] | None = None) -> int:
-    """Insert ``rows`` (dicts keyed by field name, or tuples in ``fields`` order) atomically.
+def _slow(field: peewee.Field, codec: Any, text: bool) -> Callable[[Any], Any]:
+    """The full conversion of one value: the codec, refusals naming model.field."""
+    label = f"{field.model.__name__}.{field.name}"
+    rel_model = field.rel_model if isinstance(field, peewee.ForeignKeyField) else None
+    rel_name = field.rel_field.name if rel_model is not None else None
 
-    ``batch_size`` is the number of rows serialised per COPY buffer on PostgreSQL (SQLite
-    streams every row through one ``executemany``). Values go through the same conversions
-    as a model save; defaults apply to missing fields. All rows are written in one
-    transaction, or none: a constraint violation raises BulkInsertError naming the 0-based
-    row position and the constraint. Returns the count.
+    def convert(value: Any) -> Any:
+        if value is None:
+            if field.null:
+                return "\\N" if text else None
+            raise ValidationError(f"{label}: expected {codec.expected}, got None")
+        if rel_model is not None and isinstance(value, rel_model):
+            value = getattr(value, rel_name)
+        try:
+            stored = codec.to_db(value)
+        except ValidationError as exc:
+            raise ValidationError(f"{label}: {exc}") from None
+        return codec.to_copy(stored) if text else stored
+
+    return convert
+
+
+def _convert_rows(converters: _Converters, rows: Iterable) -> Iterator[Any]:
+    """Yield storage rows (tuples, or COPY lines); BulkInsertError names the refused row."""
+    position = 0
+    iterator = iter(rows)
+    try:
+        first = next(iterator, _END)
+        if first is _END:
+            return
+        convert = converters.for_row(first)
+        yield convert(first)
+        for position, row in enumerate(iterator, 1):  # noqa: B007 - read in except
+                try:
+                    yield convert(row)
+                except (_KeysChanged, KeyError):
+                    # another key set: compile (or reuse) its converter; every row is checked
+                    convert = converters.for_row(row)
+                    yield convert(row)
+    except (ValidationError, _KeysChanged, KeyError, TypeError) as exc:
+        message = exc if isinstance(exc, ValidationError) else "expected a dict or a tuple"
+        raise BulkInsertError(f"row {position}: {message}; nothing was written",
+                              position=position) from None
+
+
+def bulk_insert(model: type[peewee.Model], rows: Iterable[Row],
+                batch_size: int | None = None, fields: list[str] | None = None) -> int:
+    """Insert ``rows`` (dicts keyed by field or column name, or tuples in ``fields`` order).
+
+    Every value goes through its field's codec, as in a model save; defaults apply to missing
+    fields; every row's keys are checked. ``batch_size`` is the number of rows per COPY
+    buffer on PostgreSQL (SQLite streams every row through one ``executemany``). All rows are
+    written in one transaction, or none: a refused value or a constraint violation raises
+    BulkInsertError naming the 0-based row position (and the constraint). Returns the count.
     """
     db = bound()
     all_fields = _insert_fields(model)
@@ -115,11 +207,10 @@ def bulk_insert(model: type[peewee.Model], rows: Iterable[Row], batch_size: int 
     unknown = set(tuple_fields) - {f.name for f in all_fields}
     if unknown:
         raise ValidationError(f"unknown fields for {model.__name__}: {', '.join(sorted(unknown))}")
-    batch_size = batch_size or DEFAULT_BATCH
-    formatters = [_copy_formatter(f) for f in all_fields]
+    converters = _Converters(model, all_fields, tuple_fields, db.bulk_text)
     try:
         return db.bulk_load(model._meta.table_name, [f.column_name for f in all_fields],
-                            _rows(all_fields, rows, tuple_fields), formatters, batch_size)
+                            _convert_rows(converters, rows), batch_size or DEFAULT_BATCH)
     except BulkLoadFailed as exc:
         raise _failed(db, exc) from None
 
@@ -133,46 +224,6 @@ def _failed(db: Backend, exc: BulkLoadFailed) -> BulkInsertError:
     name = (found.name or found.kind) if found else "a constraint"
     return BulkInsertError(f"row {position} violates {name}; nothing was written",
                            position=position, constraint=name)
-
-
-# -- PostgreSQL COPY -------------------------------------------------------------------------
-
-_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _escape(value: str) -> str:
-    return value.translate(_ESCAPES)
-
-
-def _bool_text(value: Any) -> str:
-    return "t" if value else "f"
-
-
-def _copy_formatter(field: peewee.Field) -> Callable[[Any], str]:
-    """Return value -> COPY text for the storage values ``_rows`` produced for ``field``."""
-    target = storage_field(field)
-    if isinstance(target, peewee.BooleanField):
-        return _bool_text
-    if isinstance(target, peewee.FloatField):
-        return repr
-    if isinstance(target, (peewee.IntegerField, UTCDateTimeField, peewee.UUIDField,
-                           peewee.DateField)):
-        return str  # digits, fixed-format timestamps, hex and ISO dates need no escaping
-    return _copy_text
-
-
-def _copy_text(value: Any) -> str:
-    if value is True or value is False:
-        return _bool_text(value)
-    if isinstance(value, str):
-        return _escape(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (int, Decimal, uuid.UUID)):
-        return str(value)
-    if isinstance(value, (dt.date, dt.datetime)):
-        return value.isoformat()
-    return _escape(str(value))
 
 
 # -- streaming reads ------------------------------------------------------------------------
@@ -191,8 +242,7 @@ def stream(query: peewee.SelectBase, chunk_size: int = DEFAULT_CHUNK) -> Iterato
         yield from _convert(db, query, cursor, fetch, chunk_size)
 
 
-def _convert(db: Backend, query: peewee.SelectBase, cursor: Any,
-             fetchmany: Callable[[int], list[Any]], chunk_size: int) -> Iterator[Any]:
+def _convert(db, query, cursor, fetchmany, chunk_size) -> Iterator[Any]:
     chunk = fetchmany(chunk_size)
     if not chunk:
         return
@@ -207,16 +257,14 @@ def _convert(db: Backend, query: peewee.SelectBase, cursor: Any,
         return
     # dicts, the common ML case: convert only columns whose driver value needs it
     readers = {i: _reader(wrapper.fields[i], conv, db)
-               for i, conv in enumerate(wrapper.converters)
-               if conv is not None and _needs_conversion(wrapper.fields[i])}
+               for i, conv in enumerate(wrapper.converters) if conv is not None}
     build = _dict_builder(wrapper.unique_columns, {i: r for i, r in readers.items() if r})
     while chunk:
         yield from map(build, chunk)
         chunk = fetchmany(chunk_size)
 
 
-def _dict_builder(names: list[str], readers: dict[int, Callable[[Any], Any]]
-                  ) -> Callable[[tuple[Any, ...]], dict[str, Any]]:
+def _dict_builder(names: list[str], readers: dict[int, Callable]) -> Callable[[tuple], dict]:
     """Compile ``row -> dict`` for these columns, as namedtuple compiles its class.
 
     A dict display with the conversions inlined is as fast as hand-written code; names are
@@ -233,52 +281,21 @@ def _dict_builder(names: list[str], readers: dict[int, Callable[[Any], Any]]
     return build
 
 
-def _reader(field: peewee.Field | None, default: Callable[[Any], Any],
-            db: Backend) -> Callable[[Any], Any] | None:
+def _reader(field: Any, default: Callable | None, db: Any) -> Callable | None:
     """The cheapest exact conversion of a driver value for the hot loop (None: keep it)."""
-    target = storage_field(field) if field is not None else None
-    if isinstance(target, UTCDateTimeField):
-        return _as_utc if db.native_datetimes else dt.datetime.fromisoformat
-    if isinstance(target, peewee.JSONField) and type(target).__module__ == "peewee":
-        return None if db.native_json else json.loads
-    if isinstance(target, peewee.UUIDField) and not isinstance(field, peewee.ForeignKeyField):
-        return uuid.UUID
-    return default
-
-
-def _as_utc(value: dt.datetime) -> dt.datetime:
-    return value.astimezone(dt.UTC)
-
-
-def _needs_conversion(field: peewee.Field | None) -> bool:
-    if field is None:
-        return True
-    target = storage_field(field)
-    # the drivers already return int, float and str for these plain peewee columns
-    return not (type(target).__module__ == "peewee" and isinstance(target, _PASSTHROUGH)
-                and not isinstance(target, peewee.BooleanField))
+    if not isinstance(field, peewee.Field):
+        return default
+    codec = codec_of(field)
+    if codec.python_type is object:  # a field without a codec: peewee's conversion
+        return default
+    return codec.reader(db)
 
 
 # -- dataframes ---------------------------------------------------------------------------
 
 
 def _dtype_of(field: peewee.Field) -> str | None:
-    target = storage_field(field)
-    if isinstance(target, MoneyField):
-        return "float64"  # units as floats for modelling; query directly for exact Decimal
-    if isinstance(target, UTCDateTimeField):
-        return "datetime64[ns, UTC]"
-    if isinstance(target, peewee.DateField):
-        return "datetime64[ns]"
-    if isinstance(target, peewee.BooleanField):
-        return "boolean"
-    if isinstance(target, (peewee.IntegerField, peewee.AutoField)):
-        return "Int64"
-    if isinstance(target, peewee.FloatField):
-        return "float64"
-    if isinstance(target, (peewee.CharField, peewee.TextField, peewee.UUIDField)):
-        return "string"
-    return None  # JSON and anything else stay Python objects
+    return codec_of(field).dtype  # None: JSON and anything else stay Python objects
 
 
 def to_dataframe(query: peewee.Select) -> pandas.DataFrame:

@@ -22,6 +22,7 @@ from urllib.parse import quote
 import peewee
 import psycopg2
 import psycopg2.errors
+from playhouse.migrate import PostgresqlMigrator, SchemaMigrator, SqliteMigrator, operation
 from playhouse.postgres_ext import PooledPostgresqlExtDatabase, PostgresqlExtDatabase
 
 from within_db.errors import ConfigurationError, DatabaseUnavailableError, NotConnectedError
@@ -39,9 +40,18 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10
 BUSY_TIMEOUT = 30.0
 
-# Aware datetimes are stored as fixed-width UTC text on SQLite (see fields.UTCDateTimeField);
-# PostgreSQL gets a real TIMESTAMPTZ.
-SQLITE_FIELD_TYPES = {"TIMESTAMPTZ": "TEXT"}
+# SQLite tables are STRICT, which knows only INTEGER, REAL, TEXT, BLOB and ANY: every peewee
+# column type maps to one of them. Aware datetimes are fixed-width UTC text (see
+# fields.InstantCodec), dates ISO text, booleans 0/1 with a CHECK (fields.BooleanField).
+SQLITE_FIELD_TYPES = {
+    "AUTO": "INTEGER", "BIGAUTO": "INTEGER", "INT": "INTEGER", "BIGINT": "INTEGER",
+    "SMALLINT": "INTEGER", "BOOL": "INTEGER", "FLOAT": "REAL", "DOUBLE": "REAL",
+    "DECIMAL": "TEXT", "CHAR": "TEXT", "VARCHAR": "TEXT", "TEXT": "TEXT", "UUID": "TEXT",
+    "JSON": "TEXT", "DATE": "TEXT", "TIME": "TEXT", "DATETIME": "TEXT", "TIMESTAMPTZ": "TEXT",
+    "BLOB": "BLOB", "UUIDB": "BLOB",
+}
+#: STRICT tables need SQLite 3.37 (2021-11-27)
+SQLITE_MIN_VERSION = (3, 37, 0)
 
 
 SECRET_COLUMNS = ("password_hash", "token_hash")
@@ -166,6 +176,45 @@ def _driver_error(exc: BaseException) -> BaseException:
 _Select = TypeVar("_Select", bound=peewee.Select)
 #: ``fetch(n)`` of a streaming cursor: the next ``n`` rows, empty at the end
 _Fetch: TypeAlias = Callable[[int], list[Any]]
+_STRICT_RE = re.compile(r"\)\s*(WITHOUT\s+ROWID\s*,\s*)?STRICT\s*$", re.IGNORECASE)
+
+
+_MODIFIED_TYPE = re.compile(r"(INTEGER|INT|REAL|TEXT|BLOB|ANY)\(\s*\d+(?:\s*,\s*\d+)?\s*\)")
+
+
+class _StrictTypesContext(peewee.Context):
+    """SQL context that renders a column type as STRICT tables want it: TEXT, never TEXT(200).
+
+    SQLite ignores length modifiers anyway (the field codecs enforce lengths); this catches
+    every field, within_db's and the plain ones of frozen migrations alike.
+    """
+
+    def sql(self, obj: Any) -> Any:
+        if isinstance(obj, peewee.SQL) and not obj.params:
+            match = _MODIFIED_TYPE.fullmatch(obj.sql)
+            if match:
+                obj = peewee.SQL(match.group(1))
+        return super().sql(obj)
+
+
+class StrictSqliteMigrator(SqliteMigrator):
+    """playhouse's SQLite migrator, keeping what its table rebuild would drop.
+
+    A rebuild (``add_not_null``, ``drop_column``, ``rename_column``...) re-parses the CREATE
+    TABLE text and loses the STRICT option and every trigger; both are restored here.
+    """
+
+    @operation
+    def _update_column(self, table: str, column_to_update: str, fn: Callable) -> list:
+        _, create = self._get_create_table(table)
+        triggers = [sql for (sql,) in self.database.execute_sql(
+            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? "
+            "ORDER BY name", (table,))]
+        queries = SqliteMigrator._update_column.__wrapped__(self, table, column_to_update, fn)
+        if _STRICT_RE.search(create):
+            queries = [peewee.SQL(q.sql + " STRICT") if isinstance(q, peewee.SQL)
+                       and q.sql.startswith("CREATE TABLE") else q for q in queries]
+        return [*queries, *(peewee.SQL(sql) for sql in triggers)]
 
 
 class SqliteDatabase(_Shared, peewee.SqliteDatabase):
@@ -176,12 +225,20 @@ class SqliteDatabase(_Shared, peewee.SqliteDatabase):
     """
 
     kind = "sqlite"
-    #: the driver returns JSON and instants as text
+    context_class = _StrictTypesContext
+    #: the driver returns JSON, instants and dates as text, booleans as 0/1
     native_json = False
     native_datetimes = False
     # peewee internals read by _set_pragmas (absent from peewee's stubs)
     _pragmas: list[tuple[str, Any]]
     _timeout: float
+    native_dates = False
+    native_booleans = False
+    native_uuids = False
+    #: bulk_load takes storage tuples (executemany)
+    bulk_text = False
+    #: models create STRICT tables here (see base.BaseModel's metadata)
+    strict_tables = True
 
     def _connect(self) -> sqlite3.Connection:
         target, params = self.database, dict(self.connect_params)
@@ -303,6 +360,10 @@ class SqliteDatabase(_Shared, peewee.SqliteDatabase):
         with scratch.connection_context():
             yield scratch
 
+    def schema_migrator(self) -> SchemaMigrator:
+        """Return the migrator migrations get: playhouse's, keeping STRICT and triggers."""
+        return StrictSqliteMigrator(self)
+
     def table_names(self) -> list[str]:
         """Return the names of the tables, sorted (SQLite's own left out)."""
         sql = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
@@ -311,11 +372,11 @@ class SqliteDatabase(_Shared, peewee.SqliteDatabase):
     # -- bulk and streaming paths --------------------------------------------------------------
 
     def bulk_load(self, table: str, columns: list[str], rows: Iterable[tuple[Any, ...]],
-                  formatters: list[Callable[[Any], str]], batch_size: int) -> int:
+                  batch_size: int) -> int:
         """Insert storage-ready tuples in one transaction with ``executemany``; return the count.
 
-        ``formatters`` and ``batch_size`` serve COPY and are unused here. Raises BulkLoadFailed
-        naming the refused row; nothing is then written.
+        ``batch_size`` serves COPY and is unused here. Raises BulkLoadFailed naming the refused
+        row; nothing is then written.
         """
         names = ", ".join(_quote(c) for c in columns)
         sql = f"INSERT INTO {_quote(table)} ({names}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608 - model names, quoted
@@ -359,18 +420,16 @@ _COPY_LINE = re.compile(r"COPY \S+, line (\d+)")
 
 
 class _CopySource:
-    """A file-like object producing COPY text from row tuples, ``batch_size`` rows at a time."""
+    """A file-like object reading COPY text lines, ``batch_size`` lines per buffer."""
 
-    def __init__(self, rows: Iterable[tuple[Any, ...]], formatters: list[Callable[[Any], str]],
-                 batch_size: int) -> None:
-        self.rows = iter(rows)
-        self.formatters = formatters
+    def __init__(self, lines: Iterable[str], batch_size: int) -> None:
+        self.rows = iter(lines)
         self.batch_size = batch_size
         self.buffer = ""
         self.count = 0
         self.error: Exception | None = None
 
-    def _chunk(self) -> list[tuple[Any, ...]]:
+    def _chunk(self) -> list[str]:
         chunk = []
         for row in self.rows:
             chunk.append(row)
@@ -388,11 +447,7 @@ class _CopySource:
             if not chunk:
                 break
             self.count += len(chunk)
-            fmts = self.formatters
-            self.buffer += "".join(
-                "\t".join(["\\N" if v is None else f(v) for f, v in zip(fmts, row, strict=True)])
-                + "\n"
-                for row in chunk)
+            self.buffer += "".join(chunk)
         if size < 0:
             out, self.buffer = self.buffer, ""
         else:
@@ -409,10 +464,16 @@ class _PostgresBackend(peewee.PostgresqlDatabase):
     """
 
     kind = "postgres"
-    #: psycopg2 decodes jsonb and returns aware datetimes for TIMESTAMPTZ
+    #: psycopg2 decodes jsonb and returns aware datetimes, dates and booleans
     native_json = True
     native_datetimes = True
     url: str
+    native_dates = True
+    native_booleans = True
+    native_uuids = True  # peewee registers psycopg2's UUID adapter
+    #: bulk_load takes COPY text lines
+    bulk_text = True
+    strict_tables = False  # PostgreSQL enforces column types on every table
 
     def _connect(self) -> Any:
         try:
@@ -473,21 +534,26 @@ class _PostgresBackend(peewee.PostgresqlDatabase):
             with admin.connection_context():
                 admin.execute_sql(f'DROP SCHEMA "{schema}" CASCADE')
 
+    def schema_migrator(self) -> SchemaMigrator:
+        """Return the migrator migrations get (playhouse's PostgreSQL one)."""
+        return PostgresqlMigrator(self)
+
     def table_names(self) -> list[str]:
         """Return the names of the tables in the current schema, sorted."""
         sql = ("SELECT table_name FROM information_schema.tables "
                "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'")
         return sorted(row[0] for row in self.execute_sql(sql).fetchall())
 
-    def bulk_load(self, table: str, columns: list[str], rows: Iterable[tuple[Any, ...]],
-                  formatters: list[Callable[[Any], str]], batch_size: int) -> int:
-        """Stream the tuples through ``COPY ... FROM STDIN`` in one transaction; return the count.
+    def bulk_load(self, table: str, columns: list[str], rows: Iterable[str],
+                  batch_size: int) -> int:
+        """Stream COPY text lines through ``COPY ... FROM STDIN`` in one transaction.
 
-        ``formatters`` turn values into COPY text; ``batch_size`` rows are serialised per
-        buffer. Raises BulkLoadFailed naming the refused row; nothing is then written.
+        ``rows`` are complete lines (escaped, tab-separated, newline-terminated);
+        ``batch_size`` lines go per buffer. Returns the count. Raises BulkLoadFailed naming the
+        refused row; nothing is then written.
         """
         sql = f"COPY {_quote(table)} ({', '.join(_quote(c) for c in columns)}) FROM STDIN"
-        source = _CopySource(rows, formatters, batch_size)
+        source = _CopySource(rows, batch_size)
         try:
             with self.atomic():
                 with self.connection().cursor() as cursor:
@@ -611,6 +677,11 @@ def make_database(url: str | None = None, read_only: bool = False,
 def _make_sqlite(parsed: DatabaseURL, read_only: bool, options: dict[str, Any]) -> SqliteDatabase:
     kwargs = {**parsed.options, **options}
     name = parsed.database
+    if sqlite3.sqlite_version_info < SQLITE_MIN_VERSION:
+        need = ".".join(map(str, SQLITE_MIN_VERSION))
+        raise ConfigurationError(
+            f"SQLite {sqlite3.sqlite_version} is too old: within_db needs SQLite {need} or "
+            "newer for STRICT tables (upgrade Python's sqlite3 library or use PostgreSQL)")
     timeout = float(kwargs.pop("timeout", BUSY_TIMEOUT))
     pragmas: dict[str, Any] = {"foreign_keys": 1}
     in_memory = name == ":memory:" or name.startswith("file::memory:")

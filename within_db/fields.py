@@ -1,12 +1,18 @@
-"""Custom fields: aware UTC datetimes, exact money in micros, normalised emails.
+"""Value rules: one codec per field type, and the peewee fields the models use them through.
 
-Normalisation lives in ``db_value`` so it holds on every write path, bulk inserts included.
+A codec checks a Python value and converts it for storage, for COPY text, from the driver, to
+a pandas dtype and from CLI text. Every write path (save, ``insert``/``update`` queries,
+``batch.bulk_insert`` on both backends) goes through it, so both backends hold the same data.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
 import unicodedata
+import uuid
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -15,13 +21,22 @@ import peewee
 from within_db.errors import ValidationError
 
 __all__ = [
-    "EmailField", "MAX_MICROS", "MICROS", "MoneyField", "UTC", "UTCDateTimeField", "format_utc",
-    "normalise_email", "storage_field", "to_micros", "utcnow",
+    "AutoField", "BigAutoField", "BigIntegerField", "BoolCodec", "BooleanField", "CharField",
+    "Codec", "CodecField", "DateCodec", "DateField", "DoubleField", "EmailCodec", "EmailField",
+    "FloatCodec", "ForeignKeyField", "INLINE_ENV", "InstantCodec", "IntCodec", "IntegerField",
+    "JSONCodec", "JSONField", "MAX_MICROS", "MICROS", "MoneyCodec", "MoneyField",
+    "TEXT_MAX_LENGTH", "TextCodec", "TextField", "UTC", "UTCDateTimeField", "UUIDCodec",
+    "UUIDField", "codec_of", "copy_escape", "copy_text", "format_utc", "normalise_email",
+    "storage_field", "to_micros", "utcnow",
 ]
 
 UTC = dt.UTC
 MICROS = 1_000_000
 MAX_MICROS = 2**63 - 1  # a BIGINT column
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
+#: TextField's maximum, in characters, enforced identically on both backends
+TEXT_MAX_LENGTH = 1_048_576
 
 
 def storage_field(field: peewee.Field) -> peewee.Field:
@@ -41,38 +56,12 @@ def format_utc(value: dt.datetime) -> str:
             "naive datetime refused: pass a timezone-aware datetime, e.g. "
             "datetime.now(timezone.utc)"
         )
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
-
-
-class UTCDateTimeField(peewee.Field):
-    """An instant: aware datetimes in, aware UTC datetimes out.
-
-    PostgreSQL stores TIMESTAMPTZ; SQLite stores fixed-width UTC text (``TEXT`` through the
-    field-type map in ``within_db.db``), which sorts and compares correctly as text.
-    """
-
-    field_type = "TIMESTAMPTZ"
-
-    def db_value(self, value: Any) -> str | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            try:
-                value = dt.datetime.fromisoformat(value)
-            except ValueError:
-                raise ValidationError(
-                    f"{self.name}: expected an ISO 8601 datetime with an offset"
-                ) from None
-        if not isinstance(value, dt.datetime):
-            raise ValidationError(f"{self.name}: expected a datetime, got {type(value).__name__}")
-        return format_utc(value)
-
-    def python_value(self, value: Any) -> dt.datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            return dt.datetime.fromisoformat(value)
-        return value.astimezone(UTC)
+    if value.tzinfo is not UTC:
+        try:
+            value = value.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError("datetime out of range in UTC") from None
+    return value.isoformat(" ", "microseconds")
 
 
 def to_micros(value: Any, name: str = "amount") -> int:
@@ -85,6 +74,8 @@ def to_micros(value: Any, name: str = "amount") -> int:
         micros = Decimal(value) * MICROS
     except (InvalidOperation, TypeError, ValueError):
         raise ValidationError(f"{name}: not a number") from None
+    if not micros.is_finite():
+        raise ValidationError(f"{name}: not a finite number")
     if micros != micros.to_integral_value():
         raise ValidationError(f"{name}: more than 6 decimal places cannot be stored exactly")
     if not -MAX_MICROS <= micros <= MAX_MICROS:
@@ -92,32 +83,617 @@ def to_micros(value: Any, name: str = "amount") -> int:
     return int(micros)
 
 
-class MoneyField(peewee.BigIntegerField):
-    """Money as integer micro-units (1 unit = 1,000,000 micros); ``Decimal`` at the boundary.
-
-    Name the column ``*_micros`` and keep a ``currency`` beside it. SQL sums stay exact integers.
-    """
-
-    def db_value(self, value: Any) -> int | None:
-        if value is None:
-            return None
-        return to_micros(value, self.name)
-
-    def python_value(self, value: Any) -> Decimal | None:
-        if value is None:
-            return None
-        return Decimal(value).scaleb(-6)
-
-
 def normalise_email(value: str) -> str:
     """NFKC-normalise, trim and lower-case a whole email address."""
     return unicodedata.normalize("NFKC", value).strip().lower()
 
 
-class EmailField(peewee.CharField):
+# -- COPY text ------------------------------------------------------------------------------
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_escape(text: str) -> str:
+    """Escape text for PostgreSQL's COPY text format (backslash, tab, newline, CR)."""
+    return text.translate(_ESCAPES)
+
+
+def _copy_bool(value: bool) -> str:
+    return "t" if value else "f"
+
+
+#: COPY text by the Python type of a converted value: the type decides, never the field class
+_COPY_BY_TYPE: dict[type, Callable[[Any], str]] = {
+    str: copy_escape, bool: _copy_bool, int: int.__repr__, float: float.__repr__,
+    uuid.UUID: str, dt.date: dt.date.isoformat, dt.datetime: dt.datetime.isoformat,
+    Decimal: Decimal.__str__,
+}
+
+
+def copy_text(value: Any) -> str:
+    """Render a storage value as one COPY text field (``\\N`` for NULL), by its Python type."""
+    if value is None:
+        return "\\N"
+    render = _COPY_BY_TYPE.get(type(value))
+    if render is None:
+        raise TypeError(f"no COPY text for {type(value).__name__}")
+    return render(value)
+
+
+# -- codecs ---------------------------------------------------------------------------------
+
+
+def _refuse(expected: str, value: Any) -> ValidationError:
+    # Only the type is named: the value may be a secret.
+    return ValidationError(f"expected {expected}, got {type(value).__name__}")
+
+
+class Codec:
+    """How one field type's values are checked and converted; subclasses fill the rules.
+
+    - ``validate(value)`` returns the canonical Python value or raises ValidationError
+      (naming the expected type, never the value).
+    - ``to_db(value)`` validates and returns the storage value the drivers bind.
+    - ``to_copy(stored)`` renders a storage value as COPY text (by its Python type).
+    - ``reader(db)`` returns the cheapest exact driver-value -> Python conversion for ``db``,
+      or None when the driver already returns the Python value.
+    - ``dtype`` is the pandas dtype of the column; ``parse(text)`` reads CLI text.
+    - ``inline(var)`` optionally returns ``(condition, expression, type)``: source over the
+      name ``var`` whose expression, when the condition holds, is the storage value, of that
+      Python type (batch compiles these into per-model row converters; any other value
+      takes ``to_db``).
+    """
+
+    expected = "a value"
+    #: a short name of the type, for messages ("boolean", "integer", "JSON"...)
+    kind = "value"
+    python_type: type | tuple[type, ...] = object
+    dtype: str | None = None
+    #: whether ``parse`` reads CLI text (JSON cannot be compared with a typed value)
+    parseable = True
+    #: values are JSON-ready as they are (to_dict() keeps them)
+    json_native = False
+
+    def validate(self, value: Any) -> Any:
+        return value
+
+    def to_db(self, value: Any) -> Any:
+        return self.validate(value)
+
+    def to_copy(self, stored: Any) -> str:
+        return copy_text(stored)
+
+    def reader(self, db: Any) -> Callable[[Any], Any] | None:
+        return None
+
+    def parse(self, text: str) -> Any:
+        return self.validate(text)
+
+    def inline(self, var: str) -> tuple[str, str, type] | None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Return the rule as data (for schema generators)."""
+        return {"type": self.expected}
+
+
+class BoolCodec(Codec):
+    """Only ``True`` and ``False``: ``"false"``, 0 and None-like strings are refused."""
+
+    expected = "a bool"
+    json_native = True
+    kind = "boolean"
+    python_type = bool
+    dtype = "boolean"
+    _TEXT = {"true": True, "t": True, "1": True, "yes": True,
+             "false": False, "f": False, "0": False, "no": False}
+
+    def validate(self, value: Any) -> bool:
+        if value is True or value is False:
+            return value
+        raise _refuse(self.expected, value)
+
+    def reader(self, db: Any) -> Callable[[Any], Any] | None:
+        return None if db.native_booleans else bool
+
+    def parse(self, text: str) -> bool:
+        try:
+            return self._TEXT[text.strip().lower()]
+        except KeyError:
+            raise ValidationError("expected true or false") from None
+
+    def inline(self, var: str) -> tuple[str, str, type]:
+        return f"({var} is True or {var} is False)", var, bool
+
+
+class IntCodec(Codec):
+    """Only ``int`` (not bool, float or str) within the column's range."""
+
+    json_native = True
+    kind = "integer"
+    python_type = int
+    dtype = "Int64"
+
+    def __init__(self, low: int, high: int, bits: int):
+        self.low, self.high, self.bits = low, high, bits
+        self.expected = f"an int ({bits}-bit)"
+
+    def validate(self, value: Any) -> int:
+        if type(value) is not int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _refuse(self.expected, value)
+            value = int(value)  # an int subclass such as IntEnum
+        if not self.low <= value <= self.high:
+            raise ValidationError(f"expected {self.expected}: out of range "
+                                  f"[{self.low}, {self.high}]")
+        return value
+
+    def parse(self, text: str) -> int:
+        try:
+            return self.validate(int(text.strip()))
+        except ValueError:
+            raise ValidationError(f"expected {self.expected}") from None
+
+    def inline(self, var: str) -> tuple[str, str, type]:
+        return f"(type({var}) is int and {self.low} <= {var} <= {self.high})", var, int
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "int", "minimum": self.low, "maximum": self.high}
+
+
+class FloatCodec(Codec):
+    """``int`` or ``float`` (not bool), finite unless ``allow_nonfinite``; stored as float."""
+
+    expected = "a finite float"
+    json_native = True
+    kind = "float"
+    python_type = float
+    dtype = "float64"
+
+    def __init__(self, allow_nonfinite: bool = False):
+        self.allow_nonfinite = allow_nonfinite
+        if allow_nonfinite:
+            self.expected = "a float"
+
+    def validate(self, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _refuse(self.expected, value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ValidationError(f"expected {self.expected}: out of range") from None
+        if not self.allow_nonfinite and not math.isfinite(value):
+            raise ValidationError(f"expected {self.expected}: NaN and infinities are refused")
+        return value
+
+    def parse(self, text: str) -> float:
+        try:
+            return self.validate(float(text.strip()))
+        except ValueError:
+            raise ValidationError(f"expected {self.expected}") from None
+
+    def inline(self, var: str) -> tuple[str, str, type]:
+        # x - x is 0.0 exactly for finite floats, NaN for NaN and infinities
+        return f"(type({var}) is float and {var} - {var} == 0.0)", var, float
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "float", "finite": not self.allow_nonfinite}
+
+
+class TextCodec(Codec):
+    """``str`` only, without NUL or lone surrogates, at most ``max_length`` characters."""
+
+    json_native = True
+    kind = "text"
+    python_type = str
+    dtype = "string"
+
+    def __init__(self, max_length: int):
+        self.max_length = max_length
+        self.expected = f"a str of at most {max_length:,} characters"
+
+    def validate(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise _refuse(self.expected, value)
+        value = str.__str__(value)  # a str subclass (an enum member) becomes its text
+        if len(value) > self.max_length:
+            raise ValidationError(f"expected {self.expected}, got {len(value):,}")
+        if "\x00" in value:
+            raise ValidationError("expected text without NUL characters")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValidationError("expected text without lone surrogates") from None
+        return value
+
+    def parse(self, text: str) -> str:
+        return self.validate(text)
+
+    def inline(self, var: str) -> tuple[str, str, type]:
+        return (f"(type({var}) is str and len({var}) <= {self.max_length} and {var}.isascii() "
+                f"and '\\x00' not in {var})", var, str)
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "str", "max_length": self.max_length}
+
+
+class EmailCodec(TextCodec):
+    """Text stored normalised (NFKC, trimmed, lower-case), so a plain UNIQUE is case-blind."""
+
+    def validate(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise _refuse(self.expected, value)
+        return super().validate(normalise_email(value))
+
+    def inline(self, var: str) -> None:
+        return None
+
+
+class UUIDCodec(Codec):
+    """A ``uuid.UUID`` or its canonical 36-character text; stored as 32 hex digits."""
+
+    expected = "a UUID or canonical UUID text"
+    kind = "UUID"
+    python_type = uuid.UUID
+    dtype = "string"
+
+    def validate(self, value: Any) -> uuid.UUID:
+        if isinstance(value, uuid.UUID):
+            return value
+        if isinstance(value, str) and len(value) == 36:
+            try:
+                parsed = uuid.UUID(value)
+            except ValueError:
+                pass
+            else:
+                if str(parsed) == value.lower():
+                    return parsed
+        raise _refuse(self.expected, value)
+
+    def to_db(self, value: Any) -> str:
+        return self.validate(value).hex
+
+    def reader(self, db: Any) -> Callable[[Any], Any] | None:
+        return None if db.native_uuids else uuid.UUID
+
+    def parse(self, text: str) -> uuid.UUID:
+        return self.validate(text.strip())
+
+    def inline(self, var: str) -> tuple[str, str, type]:
+        return f"(type({var}) is _UUID)", f"{var}.hex", str
+
+
+class DateCodec(Codec):
+    """A ``datetime.date`` (not a datetime) or ``YYYY-MM-DD`` text; stored as ISO text."""
+
+    expected = "a date or YYYY-MM-DD text"
+    kind = "date"
+    python_type = dt.date
+    dtype = "datetime64[ns]"
+
+    def validate(self, value: Any) -> dt.date:
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            return value
+        if isinstance(value, str) and len(value) == 10:
+            try:
+                return dt.date.fromisoformat(value)
+            except ValueError:
+                pass
+        raise _refuse(self.expected, value)
+
+    def to_db(self, value: Any) -> str:
+        return self.validate(value).isoformat()
+
+    def reader(self, db: Any) -> Callable[[Any], Any] | None:
+        return None if db.native_dates else dt.date.fromisoformat
+
+    def parse(self, text: str) -> dt.date:
+        return self.validate(text.strip())
+
+    def inline(self, var: str) -> tuple[str, str, type]:
+        return f"(type({var}) is _date)", f"{var}.isoformat()", str
+
+
+class InstantCodec(Codec):
+    """An aware datetime (or ISO 8601 text with an offset); stored as fixed-width UTC text.
+
+    PostgreSQL stores TIMESTAMPTZ; SQLite the text itself, which sorts chronologically.
+    """
+
+    expected = "an aware datetime"
+    kind = "instant"
+    python_type = dt.datetime
+    dtype = "datetime64[ns, UTC]"
+
+    def validate(self, value: Any) -> dt.datetime:
+        if isinstance(value, str):
+            try:
+                value = dt.datetime.fromisoformat(value)
+            except ValueError:
+                raise ValidationError(f"expected {self.expected} or ISO 8601 text with an "
+                                      "offset") from None
+        if not isinstance(value, dt.datetime):
+            raise _refuse(self.expected, value)
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValidationError(
+                "naive datetime refused: pass a timezone-aware datetime, e.g. "
+                "datetime.now(timezone.utc)"
+            )
+        return value
+
+    def to_db(self, value: Any) -> str:
+        return format_utc(self.validate(value))
+
+    def reader(self, db: Any) -> Callable[[Any], Any]:
+        return _as_utc if db.native_datetimes else dt.datetime.fromisoformat
+
+    def parse(self, text: str) -> dt.datetime:
+        try:
+            parsed = dt.datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise ValidationError(f"expected {self.expected} (ISO 8601)") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+    def inline(self, var: str) -> tuple[str, str, type]:
+        return f"(type({var}) is _datetime and {var}.tzinfo is _UTC)", \
+            f"{var}.isoformat(' ', 'microseconds')", str
+
+
+def _as_utc(value: dt.datetime) -> dt.datetime:
+    return value.astimezone(UTC)
+
+
+class MoneyCodec(Codec):
+    """A Decimal, int or numeric text of currency units; stored as integer micros."""
+
+    expected = "a Decimal, int or numeric text (at most 6 decimal places)"
+    kind = "amount"
+    python_type = Decimal
+    dtype = "float64"  # units as floats for modelling; query directly for exact Decimal
+
+    def validate(self, value: Any) -> Decimal:
+        return Decimal(self.to_db(value)).scaleb(-6)
+
+    def to_db(self, value: Any) -> int:
+        if isinstance(value, bool):
+            raise _refuse(self.expected, value)
+        try:
+            return to_micros(value, "money")
+        except ValidationError as exc:
+            raise ValidationError(str(exc).removeprefix("money: ")) from None
+
+    def reader(self, db: Any) -> Callable[[Any], Any]:
+        return _from_micros
+
+    def parse(self, text: str) -> Decimal:
+        return self.validate(text.strip())
+
+
+def _from_micros(value: int) -> Decimal:
+    return Decimal(value).scaleb(-6)
+
+
+_json_encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
+
+class JSONCodec(Codec):
+    """A JSON-serialisable value with finite numbers and text PostgreSQL's jsonb accepts."""
+
+    expected = "a JSON-serialisable value"
+    json_native = True
+    kind = "JSON"
+    parseable = False
+    python_type = (dict, list, str, int, float, bool)
+
+    def validate(self, value: Any) -> Any:
+        self.to_db(value)
+        return value
+
+    def to_db(self, value: Any) -> str:
+        try:
+            text = _json_encoder.encode(value)
+        except ValueError:
+            raise ValidationError(f"expected {self.expected}: NaN and infinities are "
+                                  "refused") from None
+        except (TypeError, RecursionError):
+            raise _refuse(self.expected, value) from None
+        if "\\u0000" in text:
+            raise ValidationError(f"expected {self.expected} without NUL characters")
+        if "\\ud" in text:
+            _check_surrogates(value)
+        return text
+
+    def to_copy(self, stored: Any) -> str:
+        return copy_escape(stored)
+
+    def reader(self, db: Any) -> Callable[[Any], Any] | None:
+        return None if db.native_json else json.loads
+
+    def parse(self, text: str) -> Any:
+        raise ValidationError("JSON cannot be compared with a typed value")
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "json", "finite": True}
+
+
+def _check_surrogates(value: Any) -> None:
+    """Refuse lone surrogates anywhere in a JSON value (jsonb cannot hold them)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValidationError("expected JSON text without lone surrogates") from None
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
+# -- fields ---------------------------------------------------------------------------------
+
+
+class CodecField(peewee.Field):
+    """Mixin: ``db_value`` goes through the field's codec, refusals name model.field."""
+
+    codec: Codec = Codec()
+
+    @property
+    def label(self) -> str:
+        model = getattr(self, "model", None)
+        return f"{model.__name__}.{self.name}" if model is not None else str(self.name)
+
+    def db_value(self, value: Any) -> Any:
+        if value is None or isinstance(value, peewee.Node):
+            return value  # NULL (NOT NULL is the database's rule) and SQL expressions
+        try:
+            return self.codec.to_db(value)
+        except ValidationError as exc:
+            raise ValidationError(f"{self.label}: {exc}") from None
+
+
+class BooleanField(CodecField, peewee.BooleanField):
+    """A bool. Where the column type is INTEGER (SQLite), a named CHECK keeps it 0 or 1."""
+
+    codec = BoolCodec()
+
+    def ddl(self, ctx: Any) -> Any:
+        node = super().ddl(ctx)
+        datatype = self.ddl_datatype(ctx)
+        if datatype is not None and datatype.sql in ("INTEGER", "INT"):
+            name = f"{self.model._meta.table_name}_{self.column_name}_boolean_check"
+            node = peewee.NodeList((node, peewee.SQL(
+                f'CONSTRAINT "{name}" CHECK ("{self.column_name}" IN (0, 1))')))
+        return node
+
+
+class IntegerField(CodecField, peewee.IntegerField):
+    """A 32-bit integer (INTEGER on PostgreSQL)."""
+
+    codec = IntCodec(*INT32, bits=32)
+
+
+class BigIntegerField(CodecField, peewee.BigIntegerField):
+    """A 64-bit integer (BIGINT)."""
+
+    codec = IntCodec(*INT64, bits=64)
+
+
+class AutoField(CodecField, peewee.AutoField):
+    codec = IntCodec(*INT32, bits=32)
+
+
+class BigAutoField(CodecField, peewee.BigAutoField):
+    codec = IntCodec(*INT64, bits=64)
+
+
+class DoubleField(CodecField, peewee.DoubleField):
+    """A finite double; ``allow_nonfinite=True`` admits NaN and infinities."""
+
+    def __init__(self, *args: Any, allow_nonfinite: bool = False, **kwargs: Any):
+        self.codec = FloatCodec(allow_nonfinite)
+        super().__init__(*args, **kwargs)
+
+
+class CharField(CodecField, peewee.CharField):
+    """Text of at most ``max_length`` characters (VARCHAR(n) on PostgreSQL, TEXT on SQLite)."""
+
+    def __init__(self, max_length: int = 255, *args: Any, **kwargs: Any):
+        self.codec = TextCodec(max_length)
+        super().__init__(max_length, *args, **kwargs)
+
+
+class TextField(CodecField, peewee.TextField):
+    """Text of at most ``TEXT_MAX_LENGTH`` (1 MiB) characters on both backends."""
+
+    codec = TextCodec(TEXT_MAX_LENGTH)
+
+
+class EmailField(CharField):
     """An email address stored normalised, so a plain UNIQUE is case-insensitive."""
 
-    def db_value(self, value: Any) -> str | None:
+    def __init__(self, max_length: int = 254, *args: Any, **kwargs: Any):
+        super().__init__(max_length, *args, **kwargs)
+        self.codec = EmailCodec(max_length)
+
+
+class UUIDField(CodecField, peewee.UUIDField):
+    codec = UUIDCodec()
+
+
+class DateField(CodecField, peewee.DateField):
+    codec = DateCodec()
+
+
+class UTCDateTimeField(CodecField):
+    """An instant: aware datetimes in, aware UTC datetimes out (TIMESTAMPTZ; TEXT on SQLite)."""
+
+    field_type = "TIMESTAMPTZ"
+    codec = InstantCodec()
+
+    def python_value(self, value: Any) -> Any:
         if value is None:
             return None
-        return normalise_email(str(value))
+        if isinstance(value, str):
+            return dt.datetime.fromisoformat(value)
+        return value.astimezone(UTC)
+
+
+class MoneyField(CodecField, peewee.BigIntegerField):
+    """Money as integer micro-units (1 unit = 1,000,000 micros); ``Decimal`` at the boundary.
+
+    Name the column ``*_micros`` and keep a ``currency`` beside it. SQL sums stay exact integers.
+    """
+
+    codec = MoneyCodec()
+
+    def python_value(self, value: Any) -> Any:
+        if value is None:
+            return None
+        return Decimal(value).scaleb(-6)
+
+
+class JSONField(CodecField, peewee.JSONField):
+    """JSON (JSONB on PostgreSQL, TEXT on SQLite): serialisable, finite numbers, no NUL."""
+
+    codec = JSONCodec()
+
+    def db_value(self, value: Any) -> Any:
+        if value is None or isinstance(value, peewee.Node):
+            return value
+        try:
+            self.codec.validate(value)
+        except ValidationError as exc:
+            raise ValidationError(f"{self.label}: {exc}") from None
+        return peewee.JSONField.db_value(self, value)
+
+
+class ForeignKeyField(CodecField, peewee.ForeignKeyField):
+    """A foreign key: its target's codec; a model instance of the target stands for its key."""
+
+    @property
+    def codec(self) -> Codec:  # type: ignore[override]
+        return codec_of(self.rel_field)
+
+    def db_value(self, value: Any) -> Any:
+        if isinstance(value, self.rel_model):
+            value = getattr(value, self.rel_field.name)
+        if not isinstance(self.rel_field, CodecField):
+            return self.rel_field.db_value(value)
+        return super().db_value(value)
+
+
+_FALLBACK = Codec()
+
+
+def codec_of(field: peewee.Field) -> Codec:
+    """Return the codec of ``field`` (a foreign key: its target's); plain fields get none."""
+    return getattr(field, "codec", _FALLBACK)
+
+
+#: names the source of ``Codec.inline`` may use
+INLINE_ENV = {"_UUID": uuid.UUID, "_date": dt.date, "_datetime": dt.datetime, "_UTC": UTC}

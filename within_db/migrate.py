@@ -56,6 +56,7 @@ class Runner(PlayhouseRunner):
                 "--directory (WITHIN_DB_MIGRATIONS)")
         super().__init__(db, str(directory or migrations_dir()), table_name=HISTORY_TABLE)
         self.on_step = on_step
+        self.migrator = db.schema_migrator()  # keeps STRICT tables and triggers on SQLite
 
     def up(self, target: str | None = None, fake: bool = False) -> list[str]:
         with self.database.connection_context(), self.database.migration_lock(ADVISORY_LOCK_KEY):

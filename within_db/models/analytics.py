@@ -6,7 +6,8 @@ Saved-query definitions are structured JSON checked by ``services.analytics``, n
 
 import uuid
 
-from peewee import (
+from within_db.base import BaseModel, TimestampedModel, check, choices, one_of
+from within_db.fields import (
     BigIntegerField,
     BooleanField,
     CharField,
@@ -14,10 +15,9 @@ from peewee import (
     IntegerField,
     JSONField,
     TextField,
+    UTCDateTimeField,
+    utcnow,
 )
-
-from within_db.base import BaseModel, TimestampedModel, check, choices, one_of
-from within_db.fields import UTCDateTimeField, utcnow
 from within_db.models.users import User
 
 __all__ = [

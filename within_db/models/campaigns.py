@@ -5,16 +5,6 @@ Money is integer micros (``MoneyField``); daily metrics are in their campaign's 
 
 import uuid
 
-from peewee import (
-    BigIntegerField,
-    CharField,
-    DateField,
-    ForeignKeyField,
-    JSONField,
-    TextField,
-    UUIDField,
-)
-
 from within_db.base import (
     BaseModel,
     TimestampedModel,
@@ -24,7 +14,18 @@ from within_db.base import (
     non_negative,
     one_of,
 )
-from within_db.fields import MoneyField, UTCDateTimeField, utcnow
+from within_db.fields import (
+    BigIntegerField,
+    CharField,
+    DateField,
+    ForeignKeyField,
+    JSONField,
+    MoneyField,
+    TextField,
+    UTCDateTimeField,
+    UUIDField,
+    utcnow,
+)
 from within_db.models.users import User
 
 __all__ = [

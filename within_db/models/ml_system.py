@@ -4,7 +4,8 @@ Lifecycle rules (stage swaps, job transitions) live in ``services.ml_system``; t
 keeps the last line: one production version per model, legal values, unique numbering.
 """
 
-from peewee import (
+from within_db.base import BaseModel, TimestampedModel, check, choices, one_of
+from within_db.fields import (
     BigAutoField,
     CharField,
     DoubleField,
@@ -12,10 +13,9 @@ from peewee import (
     IntegerField,
     JSONField,
     TextField,
+    UTCDateTimeField,
+    utcnow,
 )
-
-from within_db.base import BaseModel, TimestampedModel, check, choices, one_of
-from within_db.fields import UTCDateTimeField, utcnow
 from within_db.models.campaigns import Ad
 from within_db.models.users import User
 

@@ -5,18 +5,19 @@ Only hashes of secrets are stored. Password and token logic lives in ``services.
 
 import uuid
 
-from peewee import (
+from within_db.base import BaseModel, TimestampedModel, check, choices, one_of, separated_by
+from within_db.fields import (
     BigAutoField,
     BooleanField,
     CharField,
+    EmailField,
     ForeignKeyField,
     JSONField,
     TextField,
+    UTCDateTimeField,
     UUIDField,
+    utcnow,
 )
-
-from within_db.base import BaseModel, TimestampedModel, check, choices, one_of, separated_by
-from within_db.fields import EmailField, UTCDateTimeField, utcnow
 
 __all__ = [
     "AccessToken", "AuditLog", "Credential", "EMAIL_MAX_LENGTH", "PASSWORD_ALGORITHMS",

@@ -96,6 +96,10 @@ def compare(expected: dict[str, Table], actual: dict[str, Table],
             out.append(f"table {name}: in {actual_label}, missing from {expected_label}")
             continue
         exp, act = expected[name], actual[name]
+        if exp.strict != act.strict:
+            out.append(f"table {name}: {'STRICT' if exp.strict else 'not STRICT'} in "
+                       f"{expected_label}, {'STRICT' if act.strict else 'not STRICT'} in "
+                       f"{actual_label}")
         if exp.primary_key != act.primary_key:
             out.append(f"table {name}: primary key {exp.primary_key} in {expected_label}, "
                        f"{act.primary_key} in {actual_label}")

@@ -82,11 +82,12 @@ def model_source(model: type[peewee.Model], targets: dict[type[peewee.Model], st
     meta = model._meta
     lines = [f"class {model.__name__}(Model):"]
     for field in meta.sorted_fields:
-        if type(field) is peewee.AutoField and field.name == "id":  # implicit in peewee
+        if storage_class(field) == "AutoField" and field.name == "id":  # implicit in peewee
             continue
         lines.append(f"    {field.name} = {field_source(field, targets)}")
     lines += ["", "    class Meta:", "        database = db", "        legacy_table_names = False",
-              f"        table_name = {meta.table_name!r}"]
+              f"        table_name = {meta.table_name!r}",
+              "        strict_tables = getattr(db, 'strict_tables', False)  # SQLite: STRICT"]
     plain = [ix for ix in meta.indexes if isinstance(ix, (list, tuple))]
     partial = [ix for ix in meta.indexes if not isinstance(ix, (list, tuple))]
     if plain:
@@ -111,7 +112,7 @@ def stub_source(model: type[peewee.Model]) -> list[str]:
     if not isinstance(pk, peewee.Field):
         raise TypeError(f"{model.__name__}: only a single-column primary key can be frozen")
     lines = [f"class {model.__name__}(Model):"]
-    if not (type(pk) is peewee.AutoField and pk.name == "id"):
+    if not (storage_class(pk) == "AutoField" and pk.name == "id"):
         lines.append(f"    {pk.name} = {storage_class(pk)}(primary_key=True)")
     lines += ["", "    class Meta:", "        database = db",
               f"        table_name = {model._meta.table_name!r}", ""]

@@ -56,10 +56,14 @@ class Table:
     # created by migrations only (models cannot declare them), so drift checks skip them
     triggers: dict[str, str] = field(default_factory=dict)
     primary_key: tuple[str, ...] = ()
+    #: SQLite STRICT table (column types enforced); always False on PostgreSQL, which
+    #: enforces types on every table
+    strict: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "table": self.name,
+            "strict": self.strict,
             "primary_key": list(self.primary_key),
             "columns": [vars(c) for c in self.columns.values()],
             "indexes": [dict(vars(i), columns=list(i.columns)) for i in self.indexes.values()],
@@ -155,6 +159,7 @@ def _describe_sqlite(db: peewee.Database, name: str) -> Table:
     table.triggers = dict(db.execute_sql(
         "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? "
         "ORDER BY name", (name,)).fetchall())
+    table.strict = bool(db.execute_sql(f"PRAGMA table_list({q})").fetchone()[5])
     return table
 
 

@@ -6,22 +6,20 @@ parameters, converted to the column's type first. Secret columns are never retur
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
 import peewee
 
 from within_db.db import Backend
-from within_db.errors import ArgumentError
+from within_db.errors import ArgumentError, ValidationError
+from within_db.fields import codec_of
 from within_db.models import ALL_MODELS
 from within_db.schema import introspect
 
 __all__ = ["rows", "table_counts"]
 
 MODELS = {m._meta.table_name: m for m in ALL_MODELS}
-_TRUE, _FALSE = {"true", "t", "1", "yes"}, {"false", "f", "0", "no"}
 
 
 def table_counts(db: Backend) -> list[dict[str, Any]]:
@@ -34,33 +32,17 @@ def table_counts(db: Backend) -> list[dict[str, Any]]:
 def _coerce(field: peewee.Field | None, column: str, value: str) -> Any:
     if field is None:
         return value
-    if isinstance(field, peewee.JSONField):
-        raise ArgumentError(f'column "{column}" holds JSON, which --where cannot compare; '
+    codec = codec_of(field)
+    if codec.python_type is object:
+        return value
+    if not codec.parseable:
+        raise ArgumentError(f'column "{column}" holds {codec.kind}, which --where cannot compare; '
                             "filter on another column, or query JSON paths from Python")
     try:
-        if isinstance(field, peewee.BooleanField):
-            lowered = value.strip().lower()
-            if lowered not in _TRUE | _FALSE:
-                raise ValueError
-            return lowered in _TRUE
-        if isinstance(field, (peewee.IntegerField, peewee.AutoField)) and not isinstance(
-                field, peewee.ForeignKeyField):
-            return int(value)
-        if isinstance(field, peewee.ForeignKeyField):
-            return _coerce(field.rel_field, column, value)
-        if isinstance(field, peewee.UUIDField):
-            return uuid.UUID(value)
-        if isinstance(field, peewee.FloatField):
-            return float(value)
-        if isinstance(field, peewee.DateField):
-            return dt.date.fromisoformat(value)
-        if field.field_type == "TIMESTAMPTZ":
-            parsed = dt.datetime.fromisoformat(value)
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-    except ValueError:
-        kind = type(field).__name__.replace("Field", "").lower() or "value"
-        raise ArgumentError(f'--where {column}: "{value}" is not a valid {kind}') from None
-    return value
+        return codec.parse(value)
+    except ValidationError as exc:
+        raise ArgumentError(f'--where {column}: "{value}" is not a valid {codec.kind} '
+                            f"({exc})") from None
 
 
 def rows(db: Backend, table: str, filters: Iterable[tuple[str, str]] = (),
