@@ -126,30 +126,6 @@ def db(session_db):
     database.initialize(None)
 
 
-@pytest.fixture(scope="session")
-def seeded_session_db(databases):
-    """A migrated database of the backend holding the ``tiny`` seed (committed, read-mostly)."""
-    from within_db.seed import run_seed
-
-    db = within_db.db.make_database(databases.new_url())
-    database.initialize(db)
-    run_seed(db, "tiny")
-    database.initialize(None)
-    db.connect()
-    yield db
-    db.close()
-
-
-@pytest.fixture
-def seeded_db(seeded_session_db):
-    """The seeded database, bound to the proxy, in a transaction that is rolled back."""
-    database.initialize(seeded_session_db)
-    with seeded_session_db.atomic() as txn:
-        yield seeded_session_db
-        txn.rollback()
-    database.initialize(None)
-
-
 @pytest.fixture
 def fresh_url(databases):
     """The URL of a new, empty database of the backend, for tests that commit."""

@@ -149,8 +149,9 @@ class _Converters:
 def _slow(field: peewee.Field, codec: Any, text: bool) -> Callable[[Any], Any]:
     """The full conversion of one value: the codec, refusals naming model.field."""
     label = f"{field.model.__name__}.{field.name}"
-    rel_model = field.rel_model if isinstance(field, peewee.ForeignKeyField) else None
-    rel_name = field.rel_field.name if rel_model is not None else None
+    rel_model, rel_name = None, ""
+    if isinstance(field, peewee.ForeignKeyField):
+        rel_model, rel_name = field.rel_model, field.rel_field.name
 
     def convert(value: Any) -> Any:
         if value is None:
@@ -242,7 +243,8 @@ def stream(query: peewee.SelectBase, chunk_size: int = DEFAULT_CHUNK) -> Iterato
         yield from _convert(db, query, cursor, fetch, chunk_size)
 
 
-def _convert(db, query, cursor, fetchmany, chunk_size) -> Iterator[Any]:
+def _convert(db: Backend, query: peewee.SelectBase, cursor: Any,
+             fetchmany: Callable[[int], list[Any]], chunk_size: int) -> Iterator[Any]:
     chunk = fetchmany(chunk_size)
     if not chunk:
         return

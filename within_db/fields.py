@@ -310,7 +310,7 @@ class TextCodec(Codec):
     def parse(self, text: str) -> str:
         return self.validate(text)
 
-    def inline(self, var: str) -> tuple[str, str, type]:
+    def inline(self, var: str) -> tuple[str, str, type] | None:
         return (f"(type({var}) is str and len({var}) <= {self.max_length} and {var}.isascii() "
                 f"and '\\x00' not in {var})", var, str)
 
