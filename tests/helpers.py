@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import peewee
 import pytest
+from playhouse.test_utils import count_queries
 
 from within_db.integrity import violation
 from within_db.models.analytics import (
@@ -101,3 +102,34 @@ def raises_violation(db, kind, name):
         assert found.name is None  # SQLite does not say which foreign key failed
     elif name is not None:
         assert found.name == name, found
+
+
+TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+
+
+class Statements(list):
+    """The SQL statements a block ran, transaction control left out (filled on exit)."""
+
+
+@contextlib.contextmanager
+def statements():
+    """Collect the data statements (SELECT, INSERT, ...) the block sends to the database."""
+    found = Statements()
+    with count_queries() as counter:
+        yield found
+    found.extend(q.msg[0] for q in counter.get_queries()
+                 if not q.msg[0].lstrip().upper().startswith(TRANSACTION_CONTROL))
+
+
+_roles = itertools.count(1)
+
+
+def user_with(*permissions, **kw):
+    """Create a user holding ``permissions`` through a role of their own."""
+    from within_db.services.users import create_role, grant_role
+
+    user = make_user(**kw)
+    if permissions:
+        grant_role(user, create_role(f"role-{next(_roles)}-{user.id.hex[:8]}",
+                                     list(permissions)))
+    return user

@@ -10,6 +10,7 @@ serialise to JSON exactly as ``to_dict()`` does.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -25,6 +26,7 @@ from pydantic import (
     JsonValue,
     PlainSerializer,
     SecretStr,
+    TypeAdapter,
     WithJsonSchema,
     create_model,
 )
@@ -176,6 +178,12 @@ def update_schema(model: type[peewee.Model], names: tuple[str, ...]) -> type[Bas
                         __module__=__name__, **fields)
 
 
+@functools.cache
+def input_adapter(field: peewee.Field) -> TypeAdapter[Any]:
+    """Return a TypeAdapter validating one input value of ``field`` (filters, cursor keys)."""
+    return TypeAdapter(_annotation(field, for_input=True))
+
+
 def changes(update: BaseModel) -> dict[str, Any]:
     """Return the fields an Update schema was given (not its defaults), as Python values."""
     return update.model_dump(exclude_unset=True)
@@ -193,6 +201,11 @@ MLModelRead = READ[MLModel]
 ModelVersionRead = READ[ModelVersion]
 PredictionLogRead = READ[PredictionLog]
 SavedQueryRead = READ[SavedQuery]
+
+CampaignWithAds = create_model(
+    "CampaignWithAds", __config__=READ_CONFIG, __module__=__name__,
+    __doc__="A campaign with its ads (the design's user-campaigns view).",
+    campaign=(CampaignRead, Field()), ads=(list[AdRead], Field()))  # type: ignore[valid-type]
 
 _CAMPAIGN_FIELDS = ("name", "objective", "platform", "status", "start_date", "end_date",
                     "total_budget_micros", "currency", "metadata")
@@ -262,6 +275,7 @@ __all__ = [
     "AdUpdate",
     "CampaignCreate",
     "CampaignUpdate",
+    "CampaignWithAds",
     "MLModelCreate",
     "MLModelUpdate",
     "ModelVersionCreate",
@@ -273,6 +287,7 @@ __all__ = [
     "UserUpdate",
     "changes",
     "create_schema",
+    "input_adapter",
     "json_schema",
     "key",
     "read_schema",

@@ -47,6 +47,7 @@ class Campaign(TimestampedModel):
 
     id = UUIDField(primary_key=True, default=uuid.uuid4)
     owner = ForeignKeyField(User, on_delete="RESTRICT", backref="campaigns", index=False)
+    owner_id: uuid.UUID  # peewee's id accessor, declared for type checkers
     name = CharField(max_length=200)
     objective = CharField(max_length=32, choices=choices(OBJECTIVES))
     platform = CharField(max_length=32, choices=choices(PLATFORMS))
@@ -59,7 +60,9 @@ class Campaign(TimestampedModel):
 
     class Meta:
         table_name = "campaigns"
-        indexes = ((("owner", "created_at"), False),)
+        # (owner, created_at) serves a user's campaigns newest first; created_at alone the
+        # keyset pages of every campaign (repositories.campaigns)
+        indexes = ((("owner", "created_at"), False), (("created_at",), False))
         constraints = [
             check("campaigns", "objective", one_of("objective", OBJECTIVES)),
             check("campaigns", "platform", one_of("platform", PLATFORMS)),
@@ -92,6 +95,7 @@ class Ad(TimestampedModel):
 
     id = UUIDField(primary_key=True, default=uuid.uuid4)
     campaign = ForeignKeyField(Campaign, on_delete="CASCADE", backref="ads")
+    campaign_id: uuid.UUID  # peewee's id accessor, declared for type checkers
     name = CharField(max_length=200)
     headline = CharField(max_length=300, default="")
     body = TextField(default="")

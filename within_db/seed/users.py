@@ -13,11 +13,13 @@ from within_db.services.audit import record_event
 __all__ = ["DEMO_PASSWORD", "ROLES", "seed_users"]
 
 ROLES = {
-    "admin": ["users.manage", "campaigns.view", "campaigns.edit", "models.deploy",
+    "admin": ["users.manage", "campaigns.view", "campaigns.view_all", "campaigns.edit",
+              "campaigns.edit_all", "models.train", "models.deploy", "predictions.view",
               "analytics.run_any", "analytics.share"],
     "marketer": ["campaigns.view", "campaigns.edit", "analytics.share"],
-    "data_scientist": ["campaigns.view", "models.train", "models.deploy", "analytics.run_any"],
-    "analyst": ["campaigns.view", "analytics.share"],
+    "data_scientist": ["campaigns.view", "models.train", "models.deploy", "predictions.view",
+                       "analytics.run_any"],
+    "analyst": ["campaigns.view", "campaigns.view_all", "analytics.share"],
 }
 # Hashing costs ~20 ms a user at OWASP parameters; a small pool of real hashes is reused.
 PASSWORD_POOL = 4
