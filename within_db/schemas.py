@@ -127,9 +127,10 @@ def _default(field: peewee.Field) -> Any:
     default = field.default
     if default is None or isinstance(default, peewee.Node):
         return Field(default=None) if field.null else Field()
+    # validated, so a default holds the schema's type (Decimal money, not the int 0)
     if callable(default):
-        return Field(default_factory=default)
-    return Field(default=default)
+        return Field(default_factory=default, validate_default=True)
+    return Field(default=default, validate_default=True)
 
 
 READ_CONFIG = ConfigDict(from_attributes=True, frozen=True)
