@@ -169,3 +169,18 @@ def seeded_db(seeded_url):
         txn.rollback()
     db.close()
     database.initialize(None)
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"  # within_db.aio is pwasyncio, built on asyncio
+
+
+@pytest.fixture(scope="session")
+def aio_url(databases):
+    """A migrated database of the backend for the async and API tests (they commit)."""
+    url = databases.new_url()
+    db = within_db.db.make_database(url)
+    migrate.upgrade(db)
+    db.close()
+    return url

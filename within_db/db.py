@@ -369,6 +369,16 @@ class SqliteDatabase(_Shared, peewee.SqliteDatabase):
         sql = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
         return sorted(row[0] for row in self.execute_sql(sql).fetchall())
 
+    def for_asyncio(self) -> peewee.Database:
+        """Return this database's asyncio twin (``within_db.aio``, aiosqlite), not connected."""
+        from within_db.aio import AsyncSqliteDatabase
+
+        twin = AsyncSqliteDatabase(self.database, pragmas=dict(self._pragmas),
+                                   timeout=self._timeout, field_types=SQLITE_FIELD_TYPES,
+                                   **self.connect_params)
+        twin.url = self.url
+        return twin
+
     # -- bulk and streaming paths --------------------------------------------------------------
 
     def bulk_load(self, table: str, columns: list[str], rows: Iterable[tuple[Any, ...]],
@@ -543,6 +553,33 @@ class _PostgresBackend(peewee.PostgresqlDatabase):
         sql = ("SELECT table_name FROM information_schema.tables "
                "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'")
         return sorted(row[0] for row in self.execute_sql(sql).fetchall())
+
+    def for_asyncio(self) -> peewee.Database:
+        """Return this database's asyncio twin (``within_db.aio``, an asyncpg pool).
+
+        psycopg2's connect options become asyncpg's: ``-c`` options and application_name
+        server settings, connect_timeout the timeout, sslmode ssl, max_connections the pool
+        size. Anything else is refused with ConfigurationError.
+        """
+        from within_db.aio import AsyncPostgresDatabase
+
+        params = dict(self.connect_params)
+        settings = {"application_name": str(params.pop("application_name", "within_db"))}
+        settings.update(re.findall(r"-c\s*([\w.]+)=(\S+)", str(params.pop("options", ""))))
+        kwargs: dict[str, Any] = {k: params.pop(k) for k in ("host", "port", "user",
+                                                              "password") if k in params}
+        if "connect_timeout" in params:
+            kwargs["timeout"] = float(params.pop("connect_timeout"))
+        if "sslmode" in params:
+            kwargs["ssl"] = params.pop("sslmode")
+        if params:
+            raise ConfigurationError(f"option(s) {', '.join(sorted(params))} are not supported "
+                                     "by the asyncio driver (asyncpg)")
+        pool_size = getattr(self, "_max_connections", None) or 10
+        twin = AsyncPostgresDatabase(self.database, server_settings=settings,
+                                     pool_size=pool_size, **kwargs)
+        twin.url = self.url
+        return twin
 
     def bulk_load(self, table: str, columns: list[str], rows: Iterable[str],
                   batch_size: int) -> int:

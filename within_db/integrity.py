@@ -1,6 +1,7 @@
 """Name the constraint behind an IntegrityError, the same way on SQLite and PostgreSQL.
 
-PostgreSQL reports constraint names through psycopg2's diagnostics; SQLite names CHECKs but
+PostgreSQL reports constraint names through psycopg2's diagnostics (asyncpg's errors carry the
+same fields); SQLite names CHECKs but
 reports UNIQUE violations by columns, which are mapped back to the index name here.
 """
 
@@ -10,16 +11,12 @@ import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import peewee
 
 from within_db.db import database
 from within_db.errors import ConflictError
-
-if TYPE_CHECKING:
-    import psycopg2
-    import psycopg2.extensions
 
 __all__ = ["Violation", "conflict_on", "violation"]
 
@@ -48,7 +45,10 @@ def violation(exc: peewee.IntegrityError, db: peewee.Database) -> Violation | No
     orig: Any = getattr(exc, "orig", None) or (exc.args[0] if exc.args else None)
     diag = getattr(orig, "diag", None)
     if diag is not None:
-        return _postgres(orig, diag)
+        return _postgres(getattr(orig, "pgcode", None), diag)
+    if getattr(orig, "sqlstate", None):
+        # asyncpg (within_db.aio) carries the same diagnostic fields on the error itself
+        return _postgres(orig.sqlstate, orig)
     return _sqlite(str(exc), db)
 
 
@@ -71,8 +71,9 @@ def conflict_on(constraint: str, message: str) -> Iterator[None]:
 _PG_KINDS = {"23514": "check", "23505": "unique", "23502": "not_null", "23503": "foreign_key"}
 
 
-def _postgres(orig: psycopg2.Error, diag: psycopg2.extensions.Diagnostics) -> Violation | None:
-    kind = _PG_KINDS.get(orig.pgcode or "")
+def _postgres(code: str | None, diag: Any) -> Violation | None:
+    """``diag`` is psycopg2's Diagnostics or an asyncpg error: both name the same fields."""
+    kind = _PG_KINDS.get(code or "")
     if kind is None:
         return None
     if kind == "not_null":
