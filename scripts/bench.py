@@ -3,7 +3,8 @@
     python scripts/bench.py [--rows N] [--postgres-url URL] [--repeat K]
 
 Prints a markdown table of median times and their ratio to the raw reference of the same
-backend, measured in the same run (1.0 = as fast as the hand-written driver code). A
+backend, measured in the same run (1.0 = as fast as the hand-written driver code; for the
+prediction-log pages the reference is keyset page 1). A
 benchmark, not a test: timings on a shared 2-core machine are noisy, so read the ratios.
 """
 
@@ -30,6 +31,8 @@ from within_db import batch, migrate
 from within_db.models.campaigns import Ad, Campaign
 from within_db.models.ml_system import MLModel, ModelVersion, PredictionLog
 from within_db.models.users import User
+from within_db.repositories import CampaignRepository, PredictionLogRepository
+from within_db.repositories.ml import VIEW_PREDICTIONS
 from within_db.services.campaigns import get_user_campaigns
 
 UTC = dt.UTC
@@ -283,9 +286,65 @@ def bench_backend(name: str, url: str, dsn_or_path: str, n: int, repeat: int) ->
                      t_ours / t_raw, "", q_ours.count),
                     (name, "user campaigns", "naive loop (design example)", t_naive,
                      t_naive / t_raw, "", q_naive.count)]
+        reader = User.create(email=f"bench-{uuid.uuid4().hex[:8]}@example.com",
+                             is_superuser=True)
+        with count_queries() as q_repo:
+            CampaignRepository(owner).user_campaigns(owner.id)
+        t_repo = timed(lambda: CampaignRepository(owner).user_campaigns(owner.id), repeat)
+        results.append((name, "user campaigns", "CampaignRepository.user_campaigns (schemas)",
+                        t_repo, t_repo / t_raw, "", q_repo.count))
+        results += bench_pages(name, version.id, reader, n, repeat)
     conn.close()
     db.close()
     return results
+
+
+PAGE = 20
+
+
+def bench_pages(name: str, version_id: int, reader: User, n: int, repeat: int) -> list[tuple]:
+    """Prediction logs: the keyset page at row n - PAGE (page n/PAGE) against page 1, and
+    the same pages by OFFSET. The first page is the reference."""
+    batch.bulk_insert(PredictionLog, prediction_rows(n, version_id, "pages"))
+    repo = PredictionLogRepository(reader)
+    repo.can(VIEW_PREDICTIONS)  # permission cached: time the page query alone
+    skip = n - PAGE
+    cursor = None
+    for _ in range(skip // 500):  # walk to the cursor before the last page
+        cursor = repo.list(limit=500, cursor=cursor).next_cursor
+    if skip % 500:
+        cursor = repo.list(limit=skip % 500, cursor=cursor).next_cursor
+    last = repo.list(limit=PAGE, cursor=cursor)
+    by_offset = list(PredictionLog.select().order_by(PredictionLog.id.desc())
+                     .offset(skip).limit(PAGE))
+    assert [r.id for r in last.items] == [r.id for r in by_offset] and last.next_cursor is None
+
+    def keyset_first() -> None:
+        repo.list(limit=PAGE)
+
+    def keyset_last() -> None:
+        repo.list(limit=PAGE, cursor=cursor)
+
+    def offset_page(offset: int):
+        return lambda: list(PredictionLog.select().order_by(PredictionLog.id.desc())
+                            .offset(offset).limit(PAGE))
+
+    reps = max(repeat, 25)  # single pages take milliseconds: more samples for a stable median
+    t_first = timed(keyset_first, reps)
+    with count_queries() as q_keyset:
+        keyset_last()
+    t_last = timed(keyset_last, reps)
+    t_off_first = timed(offset_page(0), reps)
+    t_off_last = timed(offset_page(skip), reps)
+    page_no = f"page {n // PAGE:,}"
+    PredictionLog.delete().where(PredictionLog.model_version == version_id).execute()
+    return [(name, f"logs page of {PAGE}", "keyset page 1", t_first, 1.0, "", q_keyset.count),
+            (name, f"logs page of {PAGE}", f"keyset {page_no}", t_last, t_last / t_first, "",
+             q_keyset.count),
+            (name, f"logs page of {PAGE}", "OFFSET page 1", t_off_first,
+             t_off_first / t_first, "", 1),
+            (name, f"logs page of {PAGE}", f"OFFSET {page_no}", t_off_last,
+             t_off_last / t_first, "", 1)]
 
 
 def main() -> None:
@@ -318,7 +377,8 @@ def main() -> None:
     print("|---|---|---|---:|---:|---:|---:|")
     for backend, op, path, seconds, ratio, mem, queries in results:
         shown = f"{ratio:.2f}x" if ratio is not None else ""
-        print(f"| {backend} | {op} | {path} | {seconds:.3f} | {shown} | {mem} | {queries} |")
+        secs = f"{seconds:.3f}" if seconds >= 0.1 else f"{seconds:.5f}"
+        print(f"| {backend} | {op} | {path} | {secs} | {shown} | {mem} | {queries} |")
 
 
 

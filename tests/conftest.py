@@ -6,7 +6,9 @@ into a failure instead of a skip.
 """
 
 import os
+import sys
 import uuid
+from pathlib import Path
 
 import peewee
 import psycopg2
@@ -16,6 +18,11 @@ from hypothesis import HealthCheck, settings
 import within_db
 from within_db import migrate
 from within_db.db import database
+
+# examples/ is not installed: `import examples.api` works however pytest is started
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 PG_ADMIN_URL = os.environ.get("WITHIN_DB_TEST_POSTGRES_URL",
                               "postgresql://root@127.0.0.1:5432/test")

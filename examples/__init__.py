@@ -1,0 +1,1 @@
+"""Runnable examples built on within_db; the test suite runs them."""

@@ -1,0 +1,1 @@
+"""A reference FastAPI service on within_db: ``uvicorn examples.api.app:app``."""
