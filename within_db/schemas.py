@@ -111,8 +111,14 @@ def _annotation(field: peewee.Field, *, for_input: bool) -> Any:
     constraints: dict[str, Any] = {}
     if field.choices:
         base = Literal[tuple(value for value, _ in field.choices)]
-    elif isinstance(field, peewee.CharField) and not isinstance(field, peewee.ForeignKeyField):
-        constraints["max_length"] = field.max_length
+    else:
+        # the codec describes its rule as data: lengths and integer ranges for JSON Schema
+        rule = getattr(storage_field(field), "codec", None)
+        described = rule.describe() if rule is not None else {}
+        if "max_length" in described and not isinstance(field, peewee.ForeignKeyField):
+            constraints["max_length"] = described["max_length"]
+        if "minimum" in described:
+            constraints.update(ge=described["minimum"], le=described["maximum"])
     parts: list[Any] = [base]
     if constraints:
         parts.append(Field(**constraints))
