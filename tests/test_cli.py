@@ -66,7 +66,7 @@ def test_migrate_status_up_down(run):
 
 @pytest.mark.parametrize("command", [["inspect"], ["inspect", "tables"], ["inspect", "schema"],
                                      ["inspect", "rows", "users"], ["inspect", "user", "x@y.z"],
-                                     ["migrate", "status"]])
+                                     ["migrate", "status"], ["migrate", "check"]])
 def test_read_only_commands_create_no_file(command, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DATABASE_URL", raising=False)

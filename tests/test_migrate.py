@@ -211,7 +211,7 @@ def test_generate_writes_a_migration_that_closes_the_drift(fresh_db, tmp_path):
     User._meta.add_field("nickname", peewee.CharField(null=True))
     try:
         assert drift.check(fresh_db, models=models, directory=folder)
-        path = drift.generate("add notes", fresh_db, models=models, directory=folder)
+        path = drift.generate("add notes", fresh_db, models=models, directory=folder).path
         added = f"{len(SHIPPED) + 1:04d}_add_notes"
         assert path.endswith(f"{added}.py")
         source = open(path).read()

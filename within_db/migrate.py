@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,12 @@ from typing import TypeAlias
 from playhouse.migrations import MigrationError as PlayhouseMigrationError
 from playhouse.migrations import Runner as PlayhouseRunner
 
-from within_db.db import Backend, BrokenForeignKeys, bound, make_database
-from within_db.errors import ConfigurationError, MigrationError, NotMigratedError
+from within_db.db import Backend, BrokenForeignKeys, bound
+from within_db.errors import ArgumentError, ConfigurationError, MigrationError, NotMigratedError
 
 __all__ = [
     "ADVISORY_LOCK_KEY", "Directory", "HISTORY_TABLE", "MigrationState", "Runner", "create",
+    "create_path", "project_migrations",
     "downgrade", "downgrade_plan", "head", "migrations_dir", "pending", "require_migrated",
     "rows_at_risk", "status", "upgrade",
 ]
@@ -208,6 +210,80 @@ def require_migrated(db: Backend | None = None) -> None:
         )
 
 
+PROJECT_FILES = ("setup.cfg", "pyproject.toml")
+
+
+def project_migrations(directory: Directory = None, cwd: Path | None = None) -> Path:
+    """Return the folder new migrations are written to; ConfigurationError if there is none.
+
+    ``directory`` if given, else ``migrations/`` beside the nearest setup.cfg or
+    pyproject.toml from ``cwd`` upwards. Never a folder inside an installed package: what is
+    written there is lost on reinstall, yet applied to every database used from that
+    environment.
+    """
+    if directory is not None:
+        folder = Path(directory)
+    else:
+        start = (cwd or Path.cwd()).resolve()
+        root = next((d for d in (start, *start.parents)
+                     if any((d / f).is_file() for f in PROJECT_FILES)), None)
+        if root is None:
+            raise ConfigurationError(
+                f"no project found at or above {start} (no setup.cfg or pyproject.toml), so "
+                "there is no migrations folder to write to; pass --directory DIR (or set "
+                "WITHIN_DB_MIGRATIONS)")
+        folder = root / "migrations"
+    if not folder.is_dir():
+        raise ConfigurationError(
+            f"the migrations directory {folder} does not exist; create it (mkdir) or pass "
+            "--directory DIR (or set WITHIN_DB_MIGRATIONS)")
+    if {"site-packages", "dist-packages"} & set(folder.resolve().parts):
+        raise ConfigurationError(
+            f"{folder} is inside an installed package; write migrations into your project "
+            "with --directory DIR (or WITHIN_DB_MIGRATIONS)")
+    return folder
+
+
+def create_path(name: str, directory: Directory = None) -> Path:
+    """Return the path of the next migration called ``name``, refusing bad names.
+
+    Raises ArgumentError for an empty name, one that starts with a number (the number is
+    added) or one already used; ConfigurationError as ``project_migrations``.
+    """
+    folder = project_migrations(directory)
+    slug = re.sub(r"[^\w]+", "_", name.strip()).strip("_").lower()
+    if not slug:
+        raise ArgumentError("the migration name is empty; give a few words, e.g. "
+                            "add_campaign_priority")
+    if slug[0].isdigit():
+        raise ArgumentError(f'the migration name "{name}" starts with a number; give the '
+                            "words alone (e.g. add_campaign_priority): the number is added")
+    names = sorted(p.stem for p in folder.glob("[0-9]*.py"))
+    taken = [n for n in names if n.split("_", 1)[-1] == slug]
+    if taken:
+        raise ArgumentError(f'a migration named "{slug}" exists already ({taken[0]}); choose '
+                            "another name")
+    number = max((int(re.match(r"\d+", n).group()) for n in names), default=0) + 1  # type: ignore[union-attr]
+    return folder / f"{number:04d}_{slug}.py"
+
+
 def create(name: str, directory: Directory = None) -> str:
-    """Write an empty numbered migration script; return its path."""
-    return Runner(make_database("sqlite:///:memory:"), directory).create(name)
+    """Write an empty numbered migration script; return its path (see ``create_path``)."""
+    path = create_path(name, directory)
+    path.write_text(TEMPLATE.format(name=name.strip()))
+    return str(path)
+
+
+TEMPLATE = '''"""{name}"""
+from peewee import *
+
+
+def up(migrator, db):
+    # migrator.migrate(
+    #     migrator.add_column('table', 'column', TextField(default='')))
+    pass
+
+
+def down(migrator, db):
+    pass
+'''

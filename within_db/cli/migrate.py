@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -117,52 +118,82 @@ def down(settings: Settings, target: str | None, yes: bool) -> None:
     api.downgrade(db, target, settings.migrations, on_step=_progress(settings))
 
 
+def _apply_hint(settings: Settings, path: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    if settings.migrations is None and folder == str(api.migrations_dir().resolve()):
+        return "within-db migrate up"
+    return f"within-db migrate --directory {folder} up"
+
+
 @migrate.command()
 @click.argument("name")
 @click.pass_obj
 def create(settings: Settings, name: str) -> None:
     """Write an empty numbered migration script to fill in by hand.
 
+    Writes into --directory (WITHIN_DB_MIGRATIONS), else into migrations/ beside the
+    project's setup.cfg or pyproject.toml; never into an installed package. NAME is a few
+    words without a number (the next free number is added).
+
     \b
     Example:
       within-db migrate create add_campaign_priority
     """
-    click.echo(api.create(name, settings.migrations))
+    path = api.create(name, settings.migrations)
+    settings.written.append(f"wrote {path}")
+    click.echo(path)
+    note(f"fill in up() and down(), then run `{_apply_hint(settings, path)}`")
 
 
 @migrate.command()
 @click.argument("name")
+@click.option("--allow-destructive", is_flag=True,
+              help="Also write steps that lose data (dropping a column or a table).")
 @click.pass_obj
-def generate(settings: Settings, name: str) -> None:
-    """Write a migration from the difference between the models and the database.
+def generate(settings: Settings, name: str, allow_destructive: bool) -> None:
+    """Write a migration from the difference between the models and a migrated database.
 
-    Review it: changes to CHECKs, types, nullability and defaults of existing tables are not
-    generated; run `within-db migrate check` afterwards.
+    Refuses a database without migration history or with pending migrations, and steps that
+    lose data unless --allow-destructive. What it cannot write (CHECKs, type, nullability
+    and default changes, partial indexes of existing tables) is listed on stderr and as TODO
+    comments in the file: review it, then run `within-db migrate check`.
 
     \b
     Example:
       within-db migrate generate add_campaign_priority
     """
-    click.echo(drift.generate(name, settings.database(), directory=settings.migrations))
+    result = drift.generate(name, settings.database(), directory=settings.migrations,
+                            allow_destructive=allow_destructive)
+    settings.written.append(f"wrote {result.path}")
+    click.echo(result.path)
+    for line in result.todo:
+        note(f"TODO (write by hand): {line}")
+    note(f"review it, run `{_apply_hint(settings, result.path)}`, then `within-db migrate "
+         "check`")
 
 
 @migrate.command()
 @click.pass_obj
 def check(settings: Settings) -> None:
-    """Exit 1 if the migrations and the models build different schemas, listing each difference.
+    """Exit 1 on drift between the models, the migrations and the database, one line each.
 
-    Builds both in scratch space of the same backend (SQLite in memory, or temporary
-    PostgreSQL schemas) and compares tables, columns, indexes, foreign keys and CHECKs.
+    Builds the models' and the migrations' schemas in scratch space of the same backend
+    (SQLite in memory, or temporary PostgreSQL schemas); when the database has a migration
+    history, also reads its live schema. Compares tables, columns (type, nullability,
+    default), indexes (partial ones included), foreign keys with on_delete, CHECKs and
+    triggers; each line names the pair that disagrees. Opens the database read-only.
 
     \b
     Example:
       within-db --database-url postgresql://root@127.0.0.1:5432/test migrate check
     """
-    differences = drift.check(settings.database(read_only=True), directory=settings.migrations)
-    for line in differences:
+    report = drift.check_report(settings.database(read_only=True),
+                                directory=settings.migrations)
+    for line in report.lines:
         click.echo(line)
-    if differences:
-        note(f"{len(differences)} difference(s): add a migration "
+    compared = ", ".join(report.compared)
+    if report.lines:
+        note(f"{len(report.lines)} difference(s) ({compared}); add a migration "
              "(`within-db migrate generate NAME`) and review it")
         sys.exit(1)
-    note("models and migrations agree")
+    note(f"no drift ({compared})")

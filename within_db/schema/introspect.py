@@ -206,7 +206,10 @@ WHERE n.nspname = current_schema() AND t.relname = %s AND con.contype IN ('c', '
 """
 
 _PG_TRIGGERS = """
-SELECT tg.tgname, pg_get_triggerdef(tg.oid)
+SELECT tg.tgname,
+       -- the schema (public, or a scratch schema of the drift check) is left out
+       replace(replace(pg_get_triggerdef(tg.oid), ' ON ' || quote_ident(n.nspname) || '.', ' ON '),
+               'FUNCTION ' || quote_ident(n.nspname) || '.', 'FUNCTION ')
 FROM pg_trigger tg
 JOIN pg_class t ON t.oid = tg.tgrelid
 JOIN pg_namespace n ON n.oid = t.relnamespace
