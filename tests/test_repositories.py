@@ -24,6 +24,7 @@ from within_db.repositories import (
     SavedQueryRepository,
     UserRepository,
 )
+from within_db.repositories.base import CURSOR_SECRET_ENV
 from within_db.repositories.campaigns import EDIT, EDIT_ALL, VIEW_ALL
 from within_db.services import users as user_svc
 from within_db.services.ml_system import log_predictions
@@ -395,3 +396,22 @@ def test_documented_query_counts_of_the_other_repositories(db):
         with statements() as q:
             call(repository(actor))
         assert len(q) == expected, (what, q)
+
+
+def test_cursors_are_signed_with_the_configured_secret(db, monkeypatch):
+    alice = user_with(EDIT)
+    campaigns_of(alice, 4)
+    monkeypatch.setenv(CURSOR_SECRET_ENV, "first secret")
+    token = CampaignRepository(alice).list(limit=2).next_cursor
+    # another process with the same secret continues the walk
+    assert len(CampaignRepository(alice).list(limit=2, cursor=token).items) == 2
+    monkeypatch.setenv(CURSOR_SECRET_ENV, "rotated secret")
+    with pytest.raises(ValidationError, match="invalid cursor"):
+        CampaignRepository(alice).list(limit=2, cursor=token)
+    # nor does a cursor of one repository open another's list
+    monkeypatch.delenv(CURSOR_SECRET_ENV)
+    for i in range(3):
+        make_saved_query(owner=alice, name=f"q{i}")
+    saved = SavedQueryRepository(alice).list(limit=1).next_cursor
+    with pytest.raises(ValidationError, match="invalid cursor"):
+        CampaignRepository(alice).list(limit=2, cursor=saved)
