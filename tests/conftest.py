@@ -2,11 +2,15 @@
 
 PostgreSQL comes from WITHIN_DB_TEST_POSTGRES_URL (an admin connection); each session makes a
 throwaway database and drops it. WITHIN_DB_REQUIRE_POSTGRES=1 turns an unreachable server
-into a failure instead of a skip.
+into a failure instead of a skip. The streaming replica of that server (scripts/ensure_replica.sh)
+comes from WITHIN_DB_TEST_REPLICA_URL; replica tests read each throwaway database through it.
 """
 
+import contextlib
+import fcntl
 import os
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -26,7 +30,16 @@ if str(ROOT) not in sys.path:
 
 PG_ADMIN_URL = os.environ.get("WITHIN_DB_TEST_POSTGRES_URL",
                               "postgresql://root@127.0.0.1:5432/test")
+PG_REPLICA_URL = os.environ.get("WITHIN_DB_TEST_REPLICA_URL",
+                                "postgresql://root@127.0.0.1:5433/test")
 REQUIRE_PG = os.environ.get("WITHIN_DB_REQUIRE_POSTGRES") == "1"
+# Suites of several worktrees share the one replica: tests that stop it or pause its replay
+# take this lock exclusively, tests that expect it streaming take it shared.
+REPLICA_LOCK = "/tmp/within_db_replica_tests.lock"
+# Replay on a shared, busy machine can stall for a while (other suites drop databases, and each
+# DROP DATABASE waits for a restartpoint): replica tests assert where reads go and what they
+# see, not how fast, so they allow generous lag and waits.
+REPLICA_TEST_OPTIONS = {"max_replica_lag": 600.0, "replica_wait": 120.0}
 BACKENDS = ("sqlite", "postgres")
 
 # Property tests run inside a database transaction (a savepoint per example); deadlines mean
@@ -89,6 +102,99 @@ def postgres_available():
         if REQUIRE_PG:
             pytest.fail(f"PostgreSQL required but unreachable: {exc}")
         pytest.skip(f"PostgreSQL unreachable: {exc}")
+
+
+def replica_url_of(primary_url: str) -> str:
+    """The URL of the replica's copy of a throwaway database of the primary."""
+    base, _, _ = PG_REPLICA_URL.rpartition("/")
+    return f"{base}/{primary_url.rpartition('/')[2]}"
+
+
+@contextlib.contextmanager
+def replica_lock(exclusive: bool):
+    with open(REPLICA_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def wait_for_replica_database(url: str, timeout: float = 600.0) -> None:
+    """Wait until the replica lets clients into a database just created on the primary."""
+    deadline = time.monotonic() + timeout
+    while True:
+        db = within_db.db.make_database(replica_url_of(url))
+        try:
+            db.connect()
+            return
+        except within_db.errors.DatabaseUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        finally:
+            db.close()
+
+
+def wait_until_replica_current(url: str, timeout: float = 600.0) -> None:
+    """Wait until the replica has replayed everything the primary had written on entry."""
+    primary = within_db.db.make_database(url)
+    replica = within_db.db.make_database(replica_url_of(url))
+    try:
+        lsn = primary.execute_sql("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+        deadline = time.monotonic() + timeout
+        while not replica.execute_sql("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn",
+                                      (lsn,)).fetchone()[0]:
+            assert time.monotonic() < deadline, f"the replica did not replay {lsn} in time"
+            time.sleep(0.05)
+    finally:
+        primary.close()
+        replica.close()
+
+
+@pytest.fixture(scope="session")
+def replica_available(postgres_available):
+    """The streaming replica answers, in recovery; else a skip (a failure in CI)."""
+    problem = None
+    try:
+        db = within_db.db.make_database(PG_REPLICA_URL)
+        try:
+            if not db.execute_sql("SELECT pg_is_in_recovery()").fetchone()[0]:
+                problem = "it is not in recovery"
+        finally:
+            db.close()
+    except (within_db.errors.WithinDBError, peewee.PeeweeException) as exc:
+        problem = str(exc)
+    if problem:
+        message = (f"replica at {within_db.db.redact_url(PG_REPLICA_URL)} unusable: {problem}; "
+                   "run scripts/ensure_replica.sh")
+        if REQUIRE_PG:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def replicated_url(replica_available, tmp_path_factory):
+    """A migrated throwaway PostgreSQL database (module scope) that the replica serves too."""
+    factory = Databases("postgres", tmp_path_factory)
+    url = factory.new_url()
+    db = within_db.db.make_database(url)
+    migrate.upgrade(db)
+    db.close()
+    wait_for_replica_database(url)
+    yield url
+    factory.drop_all()
+
+
+@pytest.fixture
+def replicated_db(replicated_url):
+    """``connect(url, replica=...)`` on the module's database while the replica streams."""
+    with replica_lock(exclusive=False):
+        db = within_db.connect(replicated_url, replica=replica_url_of(replicated_url),
+                               **REPLICA_TEST_OPTIONS)
+        yield db
+        db.close()
+        database.initialize(None)
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -118,6 +118,14 @@ def test_stream_returns_every_row_once_in_order(db):
     assert list(batch.stream(query.where(PredictionLog.score > 5).dicts())) == []
 
 
+def test_stream_reads_uuid_keys_as_uuids(db):
+    campaign = make_campaign()
+    query = Campaign.select(Campaign.id, Campaign.owner).where(Campaign.id == campaign.id)
+    assert list(batch.stream(query.dicts())) == [{"id": campaign.id,
+                                                  "owner": campaign.owner_id}]
+    assert isinstance(campaign.id, uuid.UUID)
+
+
 def test_stream_memory_stays_flat(db):
     version = make_version()
     batch.bulk_insert(PredictionLog, ({"model_version": version.id, "request_id": f"m{i}",

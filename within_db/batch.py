@@ -235,11 +235,13 @@ def stream(query: peewee.SelectBase, chunk_size: int = DEFAULT_CHUNK) -> Iterato
 
     Memory stays flat: PostgreSQL reads through a server-side cursor declared inside a
     transaction (opened here if the caller has none; psycopg2's named cursors would need
-    WITH HOLD, which builds the whole result first), SQLite through its lazy cursor.
+    WITH HOLD, which builds the whole result first), SQLite through its lazy cursor. With a
+    replica configured the rows come from it (see ``within_db.connect``), unless the caller is
+    in a transaction on the primary.
     """
     db = bound()
     sql, params = query.sql()
-    with db.streaming_cursor(sql, params) as (cursor, fetch):
+    with db.reading_cursor(sql, params, chunk_size) as (cursor, fetch):
         yield from _convert(db, query, cursor, fetch, chunk_size)
 
 

@@ -8,15 +8,18 @@ URL redaction lives here too; nothing in this module ever prints a password.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import logging
 import os
 import re
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, ParamSpec, TypeAlias, TypeVar
 from urllib.parse import quote
 
 import peewee
@@ -25,13 +28,21 @@ import psycopg2.errors
 from playhouse.migrate import PostgresqlMigrator, SchemaMigrator, SqliteMigrator, operation
 from playhouse.postgres_ext import PooledPostgresqlExtDatabase, PostgresqlExtDatabase
 
-from within_db.errors import ConfigurationError, DatabaseUnavailableError, NotConnectedError
+from within_db.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    NotConnectedError,
+    ReadOnlyError,
+    WithinDBError,
+)
 from within_db.url import DEFAULT_URL, SCHEMES, DatabaseURL, parse_url, redact_url
 
 __all__ = [
     "BUSY_TIMEOUT", "Backend", "BrokenForeignKeys", "BulkLoadFailed", "CONNECT_TIMEOUT",
-    "DEFAULT_URL", "PooledPostgresDatabase", "PostgresDatabase", "SCHEMES", "SqliteDatabase",
-    "backend", "bound", "connect", "database", "get_db", "make_database", "redact_url",
+    "DEFAULT_URL", "MAX_REPLICA_LAG", "PooledPostgresDatabase", "PostgresDatabase",
+    "REPLICA_WAIT", "Replica", "SCHEMES", "SqliteDatabase", "backend", "bound", "connect",
+    "database", "get_db", "make_database", "read_your_writes", "reading", "redact_url",
+    "replica_read",
     "write_transaction",
 ]
 
@@ -73,10 +84,19 @@ logging.getLogger("peewee").addFilter(_RedactSecretParams())
 
 
 class _Proxy(peewee.DatabaseProxy):
-    """A DatabaseProxy whose misuse before ``connect()`` says what to do."""
+    """A DatabaseProxy whose misuse before ``connect()`` says what to do.
+
+    Inside ``db.reading()`` it forwards this thread's model queries to the read target.
+    """
 
     def __getattr__(self, attr: str) -> Any:
-        return getattr(bound(self.obj), attr)
+        routed = getattr(_ROUTE, "db", None)
+        return getattr(routed if routed is not None else bound(self.obj), attr)
+
+    def __reduce__(self) -> str:
+        # Queries shipped to other processes (Dask tasks) carry the proxy by name, never the
+        # bound database with its connection and URL.
+        return "database"
 
     def __enter__(self) -> Any:
         return self.__getattr__("__enter__")()
@@ -217,7 +237,350 @@ class StrictSqliteMigrator(SqliteMigrator):
         return [*queries, *(peewee.SQL(sql) for sql in triggers)]
 
 
-class SqliteDatabase(_Shared, peewee.SqliteDatabase):
+# -- read replicas ----------------------------------------------------------------------------
+# A primary may carry a streaming replica (``use_replica``). Read paths ask ``for_reads()`` for
+# the database to read from: the replica when this thread has no transaction open on the
+# primary, the replica answers in recovery and lags at most ``max_lag`` seconds, and (inside
+# ``read_your_writes()``) it has replayed the primary's WAL position as of the caller's last
+# write; otherwise the primary. SQLite keeps one file and never has a replica.
+
+#: seconds a replica may lag before reads skip it for the primary
+MAX_REPLICA_LAG = 10.0
+#: seconds ``read_your_writes()`` waits for the replica before reading from the primary
+REPLICA_WAIT = 1.0
+#: seconds a health verdict is reused: a healthy one briefly, an unhealthy one longer
+_HEALTHY_FOR, _UNHEALTHY_FOR = 1.0, 5.0
+#: connect timeout of a replica unless its URL says otherwise: a dead one must not stall reads
+_REPLICA_CONNECT_TIMEOUT = 3
+
+# Lag: zero when the replica replays, within _CATCH_UP seconds, the WAL position the primary had
+# written when the probe began; else the age of the last transaction it replayed (an upper
+# bound). Measuring against the primary matters: after an idle spell any WAL record in flight
+# would make that age look like lag. Without an answer from the primary the replica judges
+# alone: zero while its WAL receiver runs and it has replayed all it received.
+# clock_timestamp(), not now(): the probe may run inside a long read transaction.
+_CATCH_UP = 0.05
+_PRIMARY_LSN_SQL = "SELECT pg_current_wal_lsn()::text"
+_HEALTH_SQL = """
+SELECT pg_is_in_recovery(),
+       CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()
+                 AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver) THEN 0
+            ELSE extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())
+       END::float8,
+       extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8
+"""
+_REPLAYED_SQL = "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn"
+_READ_ONLY_SQL = re.compile(r"\s*(SELECT|SHOW|EXPLAIN|FETCH)\b", re.IGNORECASE)
+# 08: connection exceptions; 57P01-03: server shutting down or starting; 40001: on a replica,
+# a query cancelled by a recovery conflict (DDL or vacuum replayed from the primary).
+_REPLICA_FAILURES = ("08", "57P01", "57P02", "57P03", "40001")
+_MARKS = itertools.count(1)  # next() is atomic: every write gets a fresh mark
+_ROUTE = threading.local()   # .db: where this thread's model queries go inside reading()
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _lsn_number(text: str) -> int:
+    """Return a WAL position ``"16/B374D848"`` as an integer (comparable)."""
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def _lsn_text(number: int) -> str:
+    """Return the ``"16/B374D848"`` form of an integer WAL position."""
+    return f"{number >> 32:X}/{number & 0xFFFFFFFF:X}"
+
+
+def _pgcode(exc: BaseException) -> str | None:
+    """The SQLSTATE of the driver error behind ``exc`` (peewee keeps it as ``.orig``)."""
+    driver = getattr(exc, "orig", None) or exc
+    return getattr(driver, "pgcode", None)
+
+
+def _is_replica_failure(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a read on the replica, means "read it from the primary"."""
+    if isinstance(exc, DatabaseUnavailableError | peewee.InterfaceError):
+        return True
+    if not isinstance(exc, peewee.OperationalError):
+        return False
+    code = _pgcode(exc)
+    return code is None or code.startswith(_REPLICA_FAILURES)
+
+
+@contextlib.contextmanager
+def _routed(db: peewee.Database) -> Iterator[None]:
+    previous = getattr(_ROUTE, "db", None)
+    _ROUTE.db = db
+    try:
+        yield
+    finally:
+        _ROUTE.db = previous
+
+
+class Replica:
+    """A streaming replica of a primary: its database, its lag bound and its health verdict.
+
+    The verdict is cached (1 s when healthy, 5 s when not) and logged only when it changes:
+    a replica that is down, not in recovery or lagging is skipped with one warning.
+    """
+
+    def __init__(self, db: Any, max_lag: float, wait: float):
+        self.db = db
+        self.max_lag = max_lag
+        self.wait = wait
+        self._lock = threading.Lock()
+        self._ok = False
+        self._until = 0.0      # monotonic time the verdict holds until
+        self._said: bool | None = None
+
+    def __repr__(self) -> str:
+        return f"<Replica {redact_url(self.db.url)} max_lag={self.max_lag}s>"
+
+    def usable(self, primary: peewee.Database) -> bool:
+        """Return whether reads may go to the replica now (one probe per verdict period)."""
+        if time.monotonic() < self._until or not self._lock.acquire(blocking=False):
+            return self._ok  # fresh, or another thread is probing: use the last verdict
+        try:
+            ok, why = self._probe(primary)
+            self._judge(ok, why)
+        finally:
+            self._lock.release()
+        return ok
+
+    def _probe(self, primary: peewee.Database) -> tuple[bool, str]:
+        try:
+            written: int | None = _lsn_number(primary.execute_sql(_PRIMARY_LSN_SQL).fetchone()[0])
+        except (peewee.OperationalError, peewee.InterfaceError, DatabaseUnavailableError):
+            written = None  # the primary cannot say; its own reads will tell the caller
+        try:
+            in_recovery, lag, age = self.db.execute_sql(_HEALTH_SQL).fetchone()
+            if in_recovery and written is not None:
+                lag = 0.0 if self.replayed(written, min(_CATCH_UP, self.max_lag)) else age
+        except DatabaseUnavailableError as exc:
+            self.discard()
+            return False, str(exc)
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            self.discard()
+            return False, f"the health check failed ({type(exc).__name__})"
+        if not in_recovery:
+            return False, "it is not in recovery (a primary, or promoted)"
+        if lag is None or lag > self.max_lag:
+            shown = "an unknown time" if lag is None else f"{lag:.1f}s"
+            return False, f"it lags {shown} behind the primary (bound: {self.max_lag:g}s)"
+        return True, f"lag {lag:.3f}s"
+
+    def _judge(self, ok: bool, why: str) -> None:
+        self._ok = ok
+        self._until = time.monotonic() + (_HEALTHY_FOR if ok else _UNHEALTHY_FOR)
+        if ok != self._said:
+            if ok:
+                log.info("reads go to the replica %s (%s)", redact_url(self.db.url), why)
+            else:
+                log.warning("reads go to the primary: replica %s skipped: %s",
+                            redact_url(self.db.url), why)
+            self._said = ok
+
+    def failed(self, exc: BaseException) -> None:
+        """Mark the replica unhealthy after a read on it failed with ``exc``."""
+        self.discard()
+        self._judge(False, f"a read on it failed ({type(exc).__name__})")
+
+    def discard(self) -> None:
+        """Close this thread's replica connection (it may be broken) without raising."""
+        with contextlib.suppress(peewee.PeeweeException, psycopg2.Error):
+            self.db.close()
+
+    def replayed(self, lsn: int, timeout: float) -> bool:
+        """Wait until the replica has replayed WAL position ``lsn``; False after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        pause = 0.0002
+        text = _lsn_text(lsn)
+        while True:
+            if self.db.execute_sql(_REPLAYED_SQL, (text,)).fetchone()[0]:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
+            pause = min(pause * 2, 0.01)
+
+
+class _Reads(peewee.Database):
+    """Mixin of every database class: where reads go (the replica, when one is usable)."""
+
+    replica: Replica | None = None
+    _write_mark = 0                      # changes on every write committed through this object
+    _lsn_seen: tuple[int, int] = (0, 0)  # (write mark, primary WAL position read after it)
+
+    def _reads_local(self) -> threading.local:
+        state = self.__dict__.get("_reads_state")
+        if state is None:
+            state = self.__dict__.setdefault("_reads_state", threading.local())
+        return state
+
+    def use_replica(self, url: str, max_lag: float = MAX_REPLICA_LAG,
+                    wait: float = REPLICA_WAIT, **options: Any) -> None:
+        """Send eligible reads to the streaming replica at ``url`` (see ``connect``)."""
+        raise NotImplementedError
+
+    def for_reads(self) -> Any:
+        """Return the database to read from now: the replica when allowed, else this one.
+
+        Never raises for the replica's sake: one that is down, lagging or (inside
+        ``read_your_writes()``) not caught up within its wait is skipped with a warning.
+        """
+        replica = self.replica
+        if replica is None or self.in_transaction() or not replica.usable(self):
+            return self
+        state = self._reads_local()
+        if getattr(state, "ryw", 0):
+            lsn = max(self._last_write_lsn(), getattr(state, "after", 0))
+            try:
+                caught_up = lsn == 0 or replica.replayed(lsn, state.wait)
+            except (peewee.OperationalError, peewee.InterfaceError,
+                    DatabaseUnavailableError) as exc:
+                replica.failed(exc)
+                return self
+            if not caught_up:
+                log.warning("read from the primary: replica %s had not replayed %s after %gs",
+                            redact_url(replica.db.url), _lsn_text(lsn), state.wait)
+                return self
+        return replica.db
+
+    def _last_write_lsn(self) -> int:
+        """The primary's WAL position as of the last write made through this object (0: none)."""
+        return 0
+
+    def write_position(self) -> str | None:
+        """Return the WAL position replica reads in ``read_your_writes()`` wait for, as text.
+
+        Hand it to another process's ``read_your_writes(after=...)`` so its replica reads see
+        this process's writes. None on SQLite or without a replica.
+        """
+        return None
+
+    @contextlib.contextmanager
+    def read_your_writes(self, timeout: float | None = None,
+                         after: str | None = None) -> Iterator[None]:
+        """Make replica reads in the block (this thread) see the writes made before them.
+
+        Each read waits until the replica has replayed the primary's WAL position as of the
+        last write committed through this database (and ``after``, a ``write_position()`` of
+        another process), at most ``timeout`` seconds (default: the replica's wait), then reads
+        from the primary with a warning. A no-op on SQLite or without a replica.
+        """
+        state = self._reads_local()
+        saved = (getattr(state, "ryw", 0), getattr(state, "after", 0), getattr(state, "wait", 0))
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
+            raise ConfigurationError(
+                f"read_your_writes timeout must be >= 0 seconds, got {timeout!r}")
+        try:
+            floor = _lsn_number(after) if after else 0
+        except ValueError:
+            raise ConfigurationError(f'after must be a WAL position like "16/B374D848", '
+                                     f"got {after!r}") from None
+        state.ryw = saved[0] + 1
+        state.after = max(saved[1], floor)
+        state.wait = timeout if timeout is not None else (
+            self.replica.wait if self.replica is not None else 0)
+        try:
+            yield
+        finally:
+            state.ryw, state.after, state.wait = saved
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Any]:
+        """Route this thread's model queries in the block to ``for_reads()``; yield that database.
+
+        For read-only code: a write inside the block on a replica raises ReadOnlyError. A
+        replica that fails inside the block raises; ``read(fn)`` retries on the primary instead.
+        """
+        target = self.for_reads()
+        with _routed(target):
+            yield target
+
+    def read(self, fn: Callable[[Any], T]) -> T:
+        """Return ``fn(db)``, with model queries routed to ``db`` when it is the replica.
+
+        ``fn`` must only read: when the replica fails under it (connection lost, query
+        cancelled by a recovery conflict), it runs again on the primary.
+        """
+        target = self.for_reads()
+        if target is not self:
+            try:
+                with _routed(target):
+                    return fn(target)
+            except (peewee.PeeweeException, WithinDBError) as exc:
+                if self.replica is None or not _is_replica_failure(exc):
+                    raise
+                self.replica.failed(exc)
+        return fn(self)
+
+    @contextlib.contextmanager
+    def reading_cursor(self, sql: str, params: Any,
+                       chunk_size: int) -> Iterator[tuple[Any, Callable[[int], list]]]:
+        """``streaming_cursor`` on ``for_reads()``; yields ``(cursor, fetch)``.
+
+        The first chunk is fetched here, so a replica that fails before delivering a row is
+        replaced by the primary; a failure after rows were delivered raises.
+        """
+        target = self.for_reads()
+        if target is not self:
+            stack = contextlib.ExitStack()
+            try:
+                cursor, fetch = stack.enter_context(target.streaming_cursor(sql, params))
+                first = fetch(chunk_size)
+            except (peewee.PeeweeException, WithinDBError, psycopg2.Error) as exc:
+                with contextlib.suppress(peewee.PeeweeException, psycopg2.Error):
+                    stack.close()
+                if self.replica is None or not _is_replica_failure(_peewee_error(exc)):
+                    raise
+                self.replica.failed(exc)
+            else:
+                with stack:
+                    yield cursor, _prefetched(first, fetch)
+                return
+        with self.streaming_cursor(sql, params) as pair:
+            yield pair
+
+    def streaming_cursor(self, sql: str, params: Any) -> AbstractContextManager[
+            tuple[Any, _Fetch]]:
+        """Yield ``(cursor, fetch)`` over the query's rows (each backend defines it)."""
+        raise NotImplementedError
+
+
+def _peewee_error(exc: BaseException) -> BaseException:
+    # The streaming cursor talks to psycopg2 directly: classify its errors as peewee would.
+    if isinstance(exc, psycopg2.OperationalError):
+        return peewee.OperationalError(exc, *exc.args)
+    if isinstance(exc, psycopg2.InterfaceError):
+        return peewee.InterfaceError(exc, *exc.args)
+    return exc
+
+
+def _prefetched(first: list, fetch: Callable[[int], list]) -> Callable[[int], list]:
+    pending = [first]
+
+    def fetch_next(n: int) -> list:
+        return pending.pop() if pending else fetch(n)
+
+    return fetch_next
+
+
+def replica_read(fn: Callable[P, T]) -> Callable[P, T]:
+    """Decorate a read-only function: its queries go to the replica when one is usable.
+
+    Through ``bound().read()``: inside a transaction on the primary, without a replica or on
+    SQLite it runs on the primary as before; a replica failing under it means a rerun there.
+    """
+    @functools.wraps(fn)
+    def routed(*args: P.args, **kwargs: P.kwargs) -> T:
+        return bound().read(lambda _db: fn(*args, **kwargs))
+
+    return routed
+
+
+class SqliteDatabase(_Shared, _Reads, peewee.SqliteDatabase):
     """peewee's SqliteDatabase with within_db's column types and a race-free WAL switch.
 
     Every operation that differs between the backends is a method here and on the PostgreSQL
@@ -305,6 +668,11 @@ class SqliteDatabase(_Shared, peewee.SqliteDatabase):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+    def use_replica(self, url: str, max_lag: float = MAX_REPLICA_LAG,
+                    wait: float = REPLICA_WAIT, **options: Any) -> None:
+        """Ignore the replica: one SQLite file is read and written by every process."""
+        log.debug("SQLite has no replicas; ignoring the replica URL %s", redact_url(url))
 
     # -- transactions and locks ----------------------------------------------------------------
 
@@ -467,7 +835,7 @@ class _CopySource:
     readline = read
 
 
-class _PostgresBackend(peewee.PostgresqlDatabase):
+class _PostgresBackend(_Reads, peewee.PostgresqlDatabase):
     """What PostgreSQL does differently, shared by the plain and the pooled class.
 
     Listed before playhouse's classes in their bases, so its methods come first.
@@ -478,6 +846,7 @@ class _PostgresBackend(peewee.PostgresqlDatabase):
     native_json = True
     native_datetimes = True
     url: str
+    read_only: bool
     native_dates = True
     native_booleans = True
     native_uuids = True  # peewee registers psycopg2's UUID adapter
@@ -499,6 +868,75 @@ class _PostgresBackend(peewee.PostgresqlDatabase):
         if isinstance(exc, psycopg2.OperationalError) and getattr(exc, "pgcode", None) is None:
             return "the connection to PostgreSQL was lost; check the server and retry"
         return None
+
+    # -- replicas: see _Reads; here what needs PostgreSQL -------------------------------------
+
+    def use_replica(self, url: str, max_lag: float = MAX_REPLICA_LAG,
+                    wait: float = REPLICA_WAIT, **options: Any) -> None:
+        """Send eligible reads to the streaming replica at ``url`` (see ``connect``)."""
+        for name, value in (("max_replica_lag", max_lag), ("replica_wait", wait)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigurationError(f"{name} must be a number of seconds >= 0, "
+                                         f"got {value!r}")
+        scheme = url.split("://", 1)[0].lower() if isinstance(url, str) and "://" in url else ""
+        if scheme not in SCHEMES or scheme == "sqlite":
+            raise ConfigurationError(
+                f"the replica URL {redact_url(str(url))} is not a PostgreSQL URL; expected "
+                "postgresql://user@replica-host:5432/dbname")
+        options.setdefault("connect_timeout", _REPLICA_CONNECT_TIMEOUT)
+        self.replica = Replica(make_database(url, **options), float(max_lag), float(wait))
+
+    def commit(self) -> Any:
+        result = super().commit()
+        if self.replica is not None:
+            self._write_mark = next(_MARKS)
+        return result
+
+    def execute_sql(self, sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        try:
+            cursor = super().execute_sql(sql, params, *args, **kwargs)
+        except peewee.InternalError as exc:
+            if _pgcode(exc) == "25006":  # read_only_sql_transaction
+                raise ReadOnlyError(self.explain_error(exc) if self.read_only
+                                    else _read_only(self)) from None
+            raise
+        # A statement outside a transaction commits on its own (peewee runs in autocommit).
+        if self.replica is not None and not self.in_transaction() \
+                and not _READ_ONLY_SQL.match(sql):
+            self._write_mark = next(_MARKS)
+        return cursor
+
+    def _last_write_lsn(self) -> int:
+        mark = self._write_mark
+        if mark == 0:
+            return 0
+        seen, lsn = self._lsn_seen
+        if seen != mark:
+            # insert, not write, position: it includes our commit record even when
+            # synchronous_commit is off and the record is not flushed yet
+            text = self.execute_sql("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+            lsn = _lsn_number(text)
+            self._lsn_seen = (mark, lsn)
+        return lsn
+
+    def write_position(self) -> str | None:
+        """Return the WAL position replica reads in ``read_your_writes()`` wait for, as text.
+
+        Hand it to another process's ``read_your_writes(after=...)`` so its replica reads see
+        this process's writes. None without a replica.
+        """
+        if self.replica is None:
+            return None
+        state = self._reads_local()
+        return _lsn_text(max(self._last_write_lsn(), getattr(state, "after", 0)))
+
+    def close(self) -> bool:
+        """Close this thread's connection, and its replica connection."""
+        try:
+            return super().close()
+        finally:
+            if self.replica is not None:
+                self.replica.discard()
 
     def write_transaction(self) -> AbstractContextManager[Any]:
         """Return a plain transaction (row locks do the rest); a nested call joins the caller's."""
@@ -645,6 +1083,13 @@ class PooledPostgresDatabase(_Shared, _PostgresBackend, PooledPostgresqlExtDatab
     """The pooled variant of :class:`PostgresDatabase`."""
 
 
+def _read_only(db: peewee.Database) -> str:
+    params = db.connect_params
+    where = f"{params.get('host', 'localhost')}:{params.get('port', 5432)}"
+    return (f"the PostgreSQL server at {where} refused a write: it is read-only (a replica, or "
+            "a read-only transaction); write outside db.reading() so it goes to the primary")
+
+
 def _unavailable(db: peewee.Database, exc: Exception) -> DatabaseUnavailableError:
     # The driver's text is classified, never echoed: it may name users or hosts we redact.
     params = db.connect_params
@@ -750,14 +1195,27 @@ def _make_postgres(parsed: DatabaseURL, read_only: bool,
     return PostgresDatabase(parsed.database, **kwargs)
 
 
-def connect(url: str | None = None, read_only: bool = False, **options: Any) -> Backend:
+def connect(url: str | None = None, read_only: bool = False, *, replica: str | None = None,
+            max_replica_lag: float = MAX_REPLICA_LAG, replica_wait: float = REPLICA_WAIT,
+            **options: Any) -> Backend:
     """Bind the proxy to the database ``url`` describes and return that database.
 
     ``url`` falls back to ``$DATABASE_URL``, then ``sqlite:///within.db``. Calling it again
     closes the previously bound database and rebinds. The connection itself opens lazily.
     Raises ConfigurationError for a malformed URL (see ``make_database``).
+
+    ``replica`` is a streaming replica of a PostgreSQL primary (``$DATABASE_REPLICA_URL`` when
+    ``url`` also comes from the environment): the read paths (``batch.stream``,
+    ``to_dataframe``, ``training_rows``, ``run_saved_query``, ``get_user_campaigns``,
+    ``within-db inspect``) read from it unless this thread is in a transaction on the primary,
+    it is unreachable or not in recovery, or it lags more than ``max_replica_lag`` seconds;
+    ``replica_wait`` bounds the wait of ``read_your_writes()``. SQLite ignores it.
     """
+    if url is None and replica is None:
+        replica = os.environ.get("DATABASE_REPLICA_URL") or None
     db = make_database(url, read_only=read_only, **options)
+    if replica:
+        db.use_replica(replica, max_lag=max_replica_lag, wait=replica_wait)
     previous = database.obj
     if previous is not None and previous is not db and not previous.is_closed():
         previous.close()
@@ -800,6 +1258,16 @@ def write_transaction(db: Backend | None = None) -> AbstractContextManager[Any]:
     fails on lock upgrade; nested calls (and PostgreSQL) get a plain ``atomic()``.
     """
     return bound(db).write_transaction()
+
+
+def reading() -> Any:
+    """Return ``bound().reading()``: route the block's model queries to the read target."""
+    return bound().reading()
+
+
+def read_your_writes(timeout: float | None = None, after: str | None = None) -> Any:
+    """Return ``bound().read_your_writes(...)``: replica reads in the block see prior writes."""
+    return bound().read_your_writes(timeout=timeout, after=after)
 
 
 def backend(db: Backend | None = None) -> str:

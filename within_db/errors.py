@@ -7,7 +7,8 @@ what was expected and what to run next; they never carry a password, token, hash
 __all__ = [
     "BulkInsertError", "ConfigurationError", "ConflictError", "DatabaseUnavailableError",
     "InvalidTransitionError", "MigrationError", "NotConnectedError", "NotFoundError",
-    "NotMigratedError", "PermissionDeniedError", "ValidationError", "WithinDBError",
+    "NotMigratedError", "PermissionDeniedError", "ReadOnlyError", "ValidationError",
+    "WithinDBError",
 ]
 
 
@@ -29,6 +30,10 @@ class NotConnectedError(ConfigurationError, AttributeError):
 
 class DatabaseUnavailableError(WithinDBError):
     """The database server could not be reached."""
+
+
+class ReadOnlyError(WithinDBError):
+    """A write reached a read-only database: a replica, or a read-only transaction."""
 
 
 class NotMigratedError(WithinDBError):

@@ -36,12 +36,14 @@ class Settings:
     migrations: str | None = None
     #: what a command has committed so far, for the message when it is interrupted
     written: list[str] = field(default_factory=list)
+    replica_url: str | None = field(default=None, repr=False)
     _db: Backend | None = field(default=None, repr=False)
 
     def database(self, read_only: bool = False) -> Backend:
         """Bind and return the database; ``read_only`` opens SQLite with mode=ro."""
         if self._db is None:
-            self._db = within_db.connect(self.url, read_only=read_only)
+            self._db = within_db.connect(self.url, read_only=read_only,
+                                         replica=self.replica_url)
         return self._db
 
 
@@ -131,10 +133,14 @@ def _database_error(exc: Exception) -> str:
 @click.group(cls=Boundary, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--database-url", envvar="DATABASE_URL", metavar="URL",
               help="Database to use [env DATABASE_URL; default sqlite:///within.db].")
+@click.option("--replica-url", envvar="DATABASE_REPLICA_URL", metavar="URL",
+              help="Streaming replica of a PostgreSQL database for the inspect commands "
+                   "[env DATABASE_REPLICA_URL].")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
 @click.version_option(within_db.__version__, "--version", prog_name="within-db")
 @click.pass_context
-def cli(ctx: click.Context, database_url: str | None, debug: bool) -> None:
+def cli(ctx: click.Context, database_url: str | None, replica_url: str | None,
+        debug: bool) -> None:
     """The within_db data layer: migrate, seed and inspect a database.
 
     \b
@@ -145,7 +151,7 @@ def cli(ctx: click.Context, database_url: str | None, debug: bool) -> None:
     """
     if debug:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
-    ctx.obj = Settings(database_url, debug)
+    ctx.obj = Settings(database_url, debug, replica_url=replica_url)
     cli.settings = ctx.obj
     ctx.call_on_close(lambda: ctx.obj._db is not None and ctx.obj._db.close())
 

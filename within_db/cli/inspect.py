@@ -4,7 +4,8 @@ the API's JSON Schemas."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
@@ -23,11 +24,16 @@ if TYPE_CHECKING:
 
 __all__ = ["inspect"]
 
+T = TypeVar("T")
 
-def _migrated_db(settings: Settings) -> Backend:
-    db = settings.database(read_only=True)
-    migrations.require_migrated(db)
-    return db
+
+def _read(settings: Settings, fn: Callable[[Backend], T]) -> T:
+    """Return ``fn(db)`` on a migrated database: the replica when one is configured and usable."""
+    def checked(db: Backend) -> T:
+        migrations.require_migrated(db)
+        return fn(db)
+
+    return settings.database(read_only=True).read(checked)
 
 
 @click.group(invoke_without_command=True)
@@ -56,9 +62,7 @@ def tables(settings: Settings, fmt: str | None) -> None:
     Example:
       within-db inspect tables --format csv
     """
-    db = _migrated_db(settings)
-    rows = browse.table_counts(db)
-    head = migrations.head(db)
+    rows, head = _read(settings, lambda db: (browse.table_counts(db), migrations.head(db)))
     render(rows, fmt, document={"migration_head": head, "tables": rows})
     if resolve(fmt) != "json":
         note(f"migration head: {head}")
@@ -75,10 +79,12 @@ def schema(settings: Settings, table: str | None, fmt: str | None) -> None:
     Example:
       within-db inspect schema campaigns
     """
-    db = _migrated_db(settings)
-    with db.connection_context():
-        names = [introspect.require_table(db, table)] if table else None
-        described = introspect.describe(db, names)
+    def read(db):
+        with db.connection_context():
+            names = [introspect.require_table(db, table)] if table else None
+            return introspect.describe(db, names)
+
+    described = _read(settings, read)
     documents = [t.to_dict() for t in described.values()]
     if resolve(fmt) != "table":
         rows = [dict(table=d["table"], kind="column", name=c["name"], detail=c["type"],
@@ -118,14 +124,14 @@ def rows(settings: Settings, table: str, limit: int, where: tuple[str, ...], ord
     Example:
       within-db inspect rows users --where is_active=true --order -created_at --limit 5
     """
-    db = _migrated_db(settings)
     filters = []
     for item in where:
         column, sep, value = item.partition("=")
         if not sep or not column:
             raise click.BadParameter(f"expected COLUMN=VALUE, got {item!r}", param_hint="--where")
         filters.append((column.strip(), value))
-    result = browse.rows(db, table, filters=filters, order=order, limit=limit)
+    result = _read(settings, lambda db: browse.rows(db, table, filters=filters, order=order,
+                                                     limit=limit))
     render(result, fmt)
 
 
@@ -140,10 +146,11 @@ def user(settings: Settings, email_or_id: str, fmt: str | None) -> None:
     Example:
       within-db inspect user jane@example.com
     """
-    _migrated_db(settings)
-    found = find_user(email_or_id)
-    campaigns = get_user_campaigns(found.id) or []
-    roles = role_names(found)
+    def read(db):
+        found = find_user(email_or_id)
+        return found, role_names(found), get_user_campaigns(found.id) or []
+
+    found, roles, campaigns = _read(settings, read)
     document = {"user": found.to_dict(), "roles": roles, "campaigns": campaigns}
     if resolve(fmt) == "json":
         render([], "json", document=document)

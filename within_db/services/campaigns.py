@@ -5,18 +5,21 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from within_db.db import replica_read
 from within_db.models.campaigns import Ad, Campaign
 from within_db.models.users import User
 
 __all__ = ["get_user_campaigns"]
 
 
+@replica_read
 def get_user_campaigns(user_id: uuid.UUID | str) -> list[dict[str, Any]] | None:
     """Return ``[{"campaign": {...}, "ads": [{...}]}]`` for a user, newest campaign first.
 
     None if the user does not exist. Three queries however many campaigns and ads: the
     user, the campaigns, and every ad of those campaigns in one join. Rows are converted
-    straight to ``to_dict()`` form, without building model instances.
+    straight to ``to_dict()`` form, without building model instances. Reads the replica
+    when one is configured and usable.
     """
     if not User.select(User.id).where(User.id == user_id).exists():
         return None

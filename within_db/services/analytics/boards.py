@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from within_db.db import bound, database, write_transaction
+from within_db.db import bound, database, replica_read, write_transaction
 from within_db.errors import (
     ConflictError,
     NotFoundError,
@@ -54,12 +54,14 @@ def create_saved_query(owner: User, name: str, definition: dict, description: st
                                  description=description, **_stamps(now))
 
 
+@replica_read
 def run_saved_query(saved_query: SavedQuery, params: dict | None = None,
                     actor: User | None = None) -> list[dict[str, Any]]:
     """Run a saved query for ``actor`` (the acting user) and return its rows.
 
     Allowed for the query's owner or a holder of ``analytics.run_any``; ``actor=None`` is a
-    trusted internal call on the query owner's behalf (exports, schedules).
+    trusted internal call on the query owner's behalf (exports, schedules). Reads the replica
+    when one is configured and usable (see ``within_db.connect``).
     """
     if actor is not None and actor.id != saved_query.owner_id and \
             not has_permission(actor, RUN_ANY):
