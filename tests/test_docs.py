@@ -145,8 +145,8 @@ def test_imports_follow_the_direction_readme_states():
 
 def test_no_module_outside_db_compares_backend_names():
     asks = re.compile(r"""(==|!=) *["'](postgres|sqlite)["']|["'](postgres|sqlite)["'] *(==|!=)""")
-    # db.py owns the backend differences; url.py reads the backend from a URL's scheme
-    choosers = {PACKAGE / "db.py", PACKAGE / "url.py"}
+    # db.py owns the backend differences
+    choosers = {PACKAGE / "db.py"}
     found = [f"{p.relative_to(ROOT)}:{n}" for p in PACKAGE.rglob("*.py") if p not in choosers
              for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
              if asks.search(line)]

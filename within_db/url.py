@@ -173,6 +173,6 @@ def parse_url(url: str) -> DatabaseURL:
     ``/``, ``?`` or ``#`` in the password, and query options the backend does not know.
     """
     scheme = _scheme(url)
-    if scheme == "sqlite":
-        return _parse_sqlite(url)
-    return _parse_postgres(url, scheme)
+    if scheme.startswith("postgres"):  # postgresql, postgres and their +pool variants
+        return _parse_postgres(url, scheme)
+    return _parse_sqlite(url)
