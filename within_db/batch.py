@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import peewee
 
+from within_db import boundary as check
+from within_db.boundary import public_api
 from within_db.db import Backend, BulkLoadFailed, bound
 from within_db.errors import BulkInsertError, ConfigurationError, ValidationError
 from within_db.fields import INLINE_ENV, codec_of, copy_escape
 from within_db.integrity import violation
+from within_db.models import ALL_MODELS
 
 if TYPE_CHECKING:
     import pandas
@@ -192,6 +195,20 @@ def _convert_rows(converters: _Converters, rows: Iterable) -> Iterator[Any]:
                               position=position) from None
 
 
+def rows_argument(rows: object) -> None:
+    """Refuse a ``rows`` argument that is not an iterable of rows (text and mappings are not)."""
+    if isinstance(rows, (str, bytes, bytearray, dict)) or not isinstance(rows, Iterable):
+        raise ValidationError(f"rows must be an iterable of dicts or tuples, not "
+                              f"{type(rows).__name__}")
+
+
+def _model_class(model: object) -> type[peewee.Model]:
+    if not (isinstance(model, type) and model in ALL_MODELS):
+        raise ValidationError("model must be a within_db model class, such as PredictionLog")
+    return model
+
+
+@public_api
 def bulk_insert(model: type[peewee.Model], rows: Iterable[Row],
                 batch_size: int | None = None, fields: list[str] | None = None) -> int:
     """Insert ``rows`` (dicts keyed by field or column name, or tuples in ``fields`` order).
@@ -202,6 +219,11 @@ def bulk_insert(model: type[peewee.Model], rows: Iterable[Row],
     written in one transaction, or none: a refused value or a constraint violation raises
     BulkInsertError naming the 0-based row position (and the constraint). Returns the count.
     """
+    _model_class(model)
+    rows_argument(rows)
+    check.optional_integer(batch_size, "batch_size", low=1, high=1_000_000)
+    if fields is not None:
+        check.text_list(fields, "fields", max_items=200)
     db = bound()
     all_fields = _insert_fields(model)
     tuple_fields = fields or [f.name for f in all_fields]
@@ -230,6 +252,7 @@ def _failed(db: Backend, exc: BulkLoadFailed) -> BulkInsertError:
 # -- streaming reads ------------------------------------------------------------------------
 
 
+@public_api
 def stream(query: peewee.SelectBase, chunk_size: int = DEFAULT_CHUNK) -> Iterator[Any]:
     """Yield the rows of ``query`` (dicts, tuples or models, as the query says) lazily.
 
@@ -237,9 +260,16 @@ def stream(query: peewee.SelectBase, chunk_size: int = DEFAULT_CHUNK) -> Iterato
     transaction (opened here if the caller has none; psycopg2's named cursors would need
     WITH HOLD, which builds the whole result first), SQLite through its lazy cursor. With a
     replica configured the rows come from it (see ``within_db.connect``), unless the caller is
-    in a transaction on the primary.
+    in a transaction on the primary. Arguments are checked when called, before the first row
+    is asked for.
     """
-    db = bound()
+    if not isinstance(query, peewee.SelectBase):
+        raise ValidationError(f"query must be a peewee select query, not {type(query).__name__}")
+    check.integer(chunk_size, "chunk_size", low=1, high=1_000_000)
+    return _stream(bound(), query, chunk_size)
+
+
+def _stream(db: Backend, query: peewee.SelectBase, chunk_size: int) -> Iterator[Any]:
     sql, params = query.sql()
     with db.reading_cursor(sql, params, chunk_size) as (cursor, fetch):
         yield from _convert(db, query, cursor, fetch, chunk_size)
@@ -302,12 +332,15 @@ def _dtype_of(field: peewee.Field) -> str | None:
     return codec_of(field).dtype  # None: JSON and anything else stay Python objects
 
 
+@public_api
 def to_dataframe(query: peewee.Select) -> pandas.DataFrame:
     """Return a pandas DataFrame of ``query`` typed from its fields (needs the ``ml`` extra).
 
     Integers become nullable Int64, dates datetime64, instants datetime64 in UTC, money
     float64 units, text and UUIDs pandas strings; JSON columns stay Python objects.
     """
+    if not isinstance(query, peewee.Select):
+        raise ValidationError(f"query must be a peewee select query, not {type(query).__name__}")
     try:
         import pandas as pd
     except ImportError:

@@ -603,6 +603,17 @@ class SqliteDatabase(_Shared, _Reads, peewee.SqliteDatabase):
     #: models create STRICT tables here (see base.BaseModel's metadata)
     strict_tables = True
 
+    def begin(self, lock_type: str | None = None) -> None:
+        """Begin a transaction; a top-level one of a writable database begins IMMEDIATE.
+
+        It takes the write lock at BEGIN (waiting up to the busy timeout): a deferred one
+        that read first could not upgrade while another process writes, and would fail with
+        "database is locked" at its first write. ``atomic("DEFERRED")`` opts out.
+        """
+        if lock_type is None and not self.read_only:
+            lock_type = "IMMEDIATE"
+        super().begin(lock_type)
+
     def _connect(self) -> sqlite3.Connection:
         target, params = self.database, dict(self.connect_params)
         if self.read_only and not self.keeps_connection:

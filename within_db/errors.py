@@ -36,6 +36,15 @@ class ReadOnlyError(WithinDBError):
     """A write reached a read-only database: a replica, or a read-only transaction."""
 
 
+class DatabaseBusyError(WithinDBError):
+    """Another writer held a lock past the busy timeout, or the server cancelled a deadlock;
+    nothing was written and the operation may be retried."""
+
+
+class QueryFailedError(WithinDBError):
+    """The database refused an operation for a reason other than the data (a defect)."""
+
+
 class NotMigratedError(WithinDBError):
     """The database schema is missing or behind the migrations."""
 

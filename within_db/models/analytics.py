@@ -68,6 +68,7 @@ class Report(TimestampedModel):
     owner = ForeignKeyField(User, on_delete="CASCADE", backref="reports")
     saved_query = ForeignKeyField(SavedQuery, null=True, on_delete="SET NULL",
                                   backref="reports")
+    saved_query_id: int | None  # peewee's id accessor, declared for type checkers
     name = CharField(max_length=200)
     parameters = JSONField(default=dict)
 

@@ -50,6 +50,7 @@ class TrainingJob(TimestampedModel):
     """One training run of a model and its lifecycle timestamps."""
 
     model = ForeignKeyField(MLModel, on_delete="CASCADE", backref="training_jobs")
+    model_id: int  # peewee's id accessor, declared for type checkers
     status = CharField(max_length=16, default="queued", choices=choices(JOB_STATUSES))
     parameters = JSONField(default=dict)
     dataset_spec = JSONField(default=dict)

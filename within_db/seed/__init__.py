@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from within_db import migrate
-from within_db.db import Backend, write_transaction
+from within_db.db import Backend
 from within_db.errors import ArgumentError, ValidationError
 from within_db.models import ALL_MODELS
 from within_db.seed.analytics import seed_analytics
@@ -24,6 +24,7 @@ from within_db.seed.users import seed_users
 __all__ = ["DEFAULT_SEED", "SCALES", "Scale", "run_seed"]
 
 DEFAULT_SEED = 20260101
+SEED_LOCK_KEY = 0x73656564  # "seed"
 
 
 def _counts(db: Backend) -> dict[str, int]:
@@ -58,13 +59,15 @@ def run_seed(db: Backend, scale: str | Scale = "small", seed: int = DEFAULT_SEED
             migrate.downgrade(db, target=migrate.status(db)[0].name, on_step=on_step)
     migrate.upgrade(db, on_step=on_step)
     with db.connection_context():
-        before = _counts(db)
-        existing = before["users"]
-        if existing and not append:
-            raise ValidationError(
-                f"the database already holds data ({existing} users); pass --reset to "
-                "replace it or --append to add to it")
-        with write_transaction(db):
+        # One seed at a time: a second run waits here, then finds the first one's rows.
+        with db.serialised(SEED_LOCK_KEY):
+            before = _counts(db)
+            existing = before["users"]
+            if existing and not append:
+                raise ValidationError(
+                    f"the database already holds data ({existing} users), perhaps from a "
+                    "seed that ran at the same time; pass --reset to replace it or --append "
+                    "to add to it")
             ctx = SeedContext(_derive(seed, existing), chosen, progress or (lambda *_: None))
             ctx.suffix = f"+{existing}" if existing else ""
             users = seed_users(ctx)

@@ -16,7 +16,10 @@ from typing import Any
 
 import peewee
 
+from within_db import boundary as check
+from within_db.boundary import public_api
 from within_db.db import bound
+from within_db.errors import ValidationError
 from within_db.fields import format_utc, utcnow
 from within_db.models.users import AuditLog, User
 
@@ -30,16 +33,44 @@ def _target(target: Any) -> tuple[str | None, str | None]:
     if target is None:
         return None, None
     if isinstance(target, peewee.Model):
+        check.instance(target, peewee.Model, "target")
         return target._meta.table_name, str(target.get_id())
     if isinstance(target, tuple) and len(target) == 2:
-        return str(target[0]), str(target[1])
-    raise TypeError("target must be a model instance or a (type, id) pair")
+        kind, key = target
+        if isinstance(key, (int, uuid.UUID)) and not isinstance(key, bool):
+            key = str(key)
+        return (check.text(kind, "target type", max_length=64),
+                check.text(key, "target id", max_length=64))
+    raise ValidationError("target must be a saved model instance or a (type, id) pair")
 
 
+def _actor(actor: object) -> str | None:
+    if actor is None:
+        return None
+    if isinstance(actor, User):
+        return str(check.instance(actor, User, "actor").id)
+    return str(check.uuid_value(actor, "actor"))
+
+
+@public_api
 def row_digest(prev_hash: str, actor_id: str | None, action: str, target_type: str | None,
                target_id: str | None, metadata: dict, ip: str | None,
                created_at: dt.datetime) -> str:
     """Return the SHA-256 hex digest chaining one audit row to the previous one."""
+    check.text(prev_hash, "prev_hash", max_length=64)
+    for value, name in ((actor_id, "actor_id"), (target_type, "target_type"),
+                        (target_id, "target_id"), (ip, "ip")):
+        check.optional_text(value, name, max_length=64)
+    check.text(action, "action", max_length=AuditLog.action.max_length)
+    metadata = check.json_object(metadata, "metadata")
+    check.instant(created_at, "created_at")
+    return _digest(prev_hash, actor_id, action, target_type, target_id, metadata, ip,
+                   created_at)
+
+
+def _digest(prev_hash: str, actor_id: str | None, action: str, target_type: str | None,
+            target_id: str | None, metadata: dict, ip: str | None,
+            created_at: dt.datetime) -> str:
     payload = json.dumps(
         [prev_hash, actor_id, action, target_type, target_id, metadata, ip,
          format_utc(created_at)],
@@ -47,6 +78,7 @@ def row_digest(prev_hash: str, actor_id: str | None, action: str, target_type: s
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+@public_api
 def record_event(actor: User | uuid.UUID | str | None, action: str, target: Any = None,
                  metadata: dict | None = None, ip: str | None = None,
                  created_at: dt.datetime | None = None) -> AuditLog:
@@ -55,15 +87,18 @@ def record_event(actor: User | uuid.UUID | str | None, action: str, target: Any 
     ``target`` is a model instance or a ``(type, id)`` pair. Joins the caller's transaction
     if there is one; the append is serialised against other writers either way.
     """
-    actor_id = None if actor is None else str(actor.id if isinstance(actor, User) else actor)
+    actor_id = _actor(actor)
+    check.text(action, "action", max_length=AuditLog.action.max_length)
     target_type, target_id = _target(target)
-    metadata = json.loads(json.dumps(metadata or {}))  # exactly what will read back
-    created_at = created_at or utcnow()
+    metadata = check.json_object(metadata, "metadata")  # exactly what will read back
+    if ip is not None:
+        check.text(ip, "ip", max_length=AuditLog.ip.max_length)
+    created_at = check.optional_instant(created_at, "created_at") or utcnow()
     with bound().serialised(AUDIT_LOCK_KEY):
         last = (AuditLog.select(AuditLog.row_hash).order_by(AuditLog.id.desc()).limit(1)
                 .scalar())
         prev = last or GENESIS
-        digest = row_digest(prev, actor_id, action, target_type, target_id, metadata, ip,
+        digest = _digest(prev, actor_id, action, target_type, target_id, metadata, ip,
                             created_at)
         return AuditLog.create(actor=actor_id, action=action, target_type=target_type,
                                target_id=target_id, metadata=metadata, ip=ip,
@@ -83,8 +118,10 @@ class ChainReport:
         return self.broken_id is None
 
 
+@public_api
 def verify_audit_chain(chunk_size: int = 2000) -> ChainReport:
     """Recompute the chain in id order and report the first row that does not fit."""
+    check.integer(chunk_size, "chunk_size", low=1, high=1_000_000)
     prev = GENESIS
     checked = 0
     query = AuditLog.select().order_by(AuditLog.id)
@@ -94,7 +131,7 @@ def verify_audit_chain(chunk_size: int = 2000) -> ChainReport:
             return ChainReport(checked, row.id, "previous hash does not match: a row before "
                                                 "it was deleted, inserted or reordered")
         actor_id = str(row.actor_id) if row.actor_id is not None else None
-        expected = row_digest(row.prev_hash, actor_id, row.action, row.target_type,
+        expected = _digest(row.prev_hash, actor_id, row.action, row.target_type,
                               row.target_id, row.metadata, row.ip, row.created_at)
         if row.row_hash != expected:
             return ChainReport(checked, row.id, "row content does not match its hash")

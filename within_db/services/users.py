@@ -13,15 +13,19 @@ import hashlib
 import secrets
 import unicodedata
 import uuid
-from collections.abc import Iterable
+from collections.abc import Sequence
+from typing import Any
 
+import email_validator
 import peewee
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from within_db import boundary as check
+from within_db.boundary import public_api
 from within_db.db import database, write_transaction
 from within_db.errors import NotFoundError, ValidationError
-from within_db.fields import normalise_email, utcnow
+from within_db.fields import utcnow
 from within_db.integrity import conflict_on
 from within_db.models.users import (
     EMAIL_MAX_LENGTH,
@@ -52,26 +56,52 @@ TOKEN_BYTES = 32  # 256 bits of entropy
 TOKEN_TTL = {"session": dt.timedelta(hours=12), "api_key": dt.timedelta(days=90)}
 TOKEN_PREFIX = {"session": "wdbs_", "api_key": "wdbk_"}
 VISIBLE_PREFIX = 12
+# Scripts whose letters pass for each other (o/о/ο): one address may use only one of them.
+CONFUSABLE_SCRIPTS = ("LATIN", "CYRILLIC", "GREEK")
+_PROFILE_KEYS = ("display_name", "company", "timezone", "locale", "preferences")
 
 
+def _scripts(part: str) -> set[str]:
+    names = (unicodedata.name(ch, "") for ch in part if unicodedata.category(ch)[0] == "L")
+    return {n.split(" ", 1)[0] for n in names} & set(CONFUSABLE_SCRIPTS)
+
+
+@public_api
 def validate_email(email: str) -> str:
-    """Return the normalised email, or raise ValidationError saying what is wrong."""
+    """Return the normalised email, or raise ValidationError saying what is wrong.
+
+    NFKC, then email-validator's syntax rules and normalisation (no deliverability check),
+    then lower case. Refused besides: control and invisible characters, and a local part or
+    domain label mixing Latin, Cyrillic or Greek letters (look-alike addresses).
+    """
     if not isinstance(email, str) or not email.strip():
         raise ValidationError("email is empty")
-    email = normalise_email(email)
-    if len(email) > EMAIL_MAX_LENGTH:
+    if len(email) > 4 * EMAIL_MAX_LENGTH:
         raise ValidationError(f"email is longer than {EMAIL_MAX_LENGTH} characters")
-    local, at, domain = email.rpartition("@")
-    if not at or not local or not domain:
-        raise ValidationError("email must look like name@domain")
-    if any(ch.isspace() for ch in email) or "." not in domain.strip("."):
-        raise ValidationError("email must look like name@domain, without spaces")
-    return email
+    email = unicodedata.normalize("NFKC", email).strip()
+    check.text(email, "email", max_length=EMAIL_MAX_LENGTH)
+    try:
+        parsed = email_validator.validate_email(email, check_deliverability=False)
+    except email_validator.EmailNotValidError as exc:
+        raise ValidationError(f"email must look like name@domain: {exc}") from None
+    normalised = parsed.normalized.lower()
+    if len(normalised) > EMAIL_MAX_LENGTH:
+        raise ValidationError(f"email is longer than {EMAIL_MAX_LENGTH} characters")
+    local, _, domain = normalised.rpartition("@")
+    for part in (local, *domain.split(".")):
+        if len(_scripts(part)) > 1:
+            raise ValidationError("email mixes Latin, Cyrillic or Greek letters in one part; "
+                                  "look-alike addresses are refused")
+    return normalised
 
 
-def _normalise_password(password: str) -> str:
+def _normalise_password(password: object) -> str:
     if not isinstance(password, str) or not password:
         raise ValidationError("password is empty")
+    if len(password) > 4 * PASSWORD_MAX_LENGTH:
+        raise ValidationError(f"password must be at most {PASSWORD_MAX_LENGTH} characters")
+    if "\x00" in password:
+        raise ValidationError("password contains a NUL character")
     password = unicodedata.normalize("NFKC", password)
     if len(password) < PASSWORD_MIN_LENGTH:
         raise ValidationError(f"password must be at least {PASSWORD_MIN_LENGTH} characters")
@@ -80,6 +110,7 @@ def _normalise_password(password: str) -> str:
     return password
 
 
+@public_api
 def hash_password(password: str) -> str:
     """Return the Argon2id hash of a valid password (NFKC-normalised first)."""
     return HASHER.hash(_normalise_password(password))
@@ -91,6 +122,7 @@ def _dummy_hash() -> str:
     return HASHER.hash(secrets.token_urlsafe(24))
 
 
+@public_api
 def create_user(email: str, password: str | None = None, *, full_name: str = "",
                 is_superuser: bool = False, is_active: bool = True,
                 password_hash: str | None = None, profile: dict | None = None,
@@ -99,47 +131,89 @@ def create_user(email: str, password: str | None = None, *, full_name: str = "",
     """Create a user with a profile and an Argon2id credential, in one transaction.
 
     Pass ``password`` (hashed here) or a ``password_hash`` made by ``hash_password``.
-    Raises ValidationError for a bad email or password, ConflictError for a taken email.
+    ``profile`` holds UserProfile fields (display_name, company, timezone, locale,
+    preferences). Raises ValidationError for a bad argument, ConflictError for a taken email.
     """
     email = validate_email(email)
+    check.text(full_name, "full_name", max_length=User.full_name.max_length, empty=True)
+    # a model instance would pass the column's codec as its id: refuse it here
+    check.flag(is_superuser, "User.is_superuser")
+    check.flag(is_active, "User.is_active")
+    fields = _profile(profile)
+    check.optional_instance(actor, User, "actor")
+    if user_id is not None:
+        user_id = check.uuid_value(user_id, "user_id")
+    check.optional_instant(created_at, "created_at")
     if password_hash is None:
         if password is None:
             raise ValidationError("password is empty")
         password_hash = hash_password(password)
-    elif not password_hash.startswith("$argon2id$"):
+    elif password is not None:
+        raise ValidationError("pass password or password_hash, not both")
+    elif not isinstance(password_hash, str) or not password_hash.startswith("$argon2id$") \
+            or len(password_hash) > Credential.password_hash.max_length:
         raise ValidationError("password_hash must be an Argon2id hash from hash_password()")
     extra = {"created_at": created_at, "updated_at": created_at} if created_at else {}
     with conflict_on("users_email", "a user with that email already exists"), \
             write_transaction():
         user = User.create(id=user_id or uuid.uuid4(), email=email, full_name=full_name,
                            is_superuser=is_superuser, is_active=is_active, **extra)
-        UserProfile.create(user=user, display_name=full_name, **(profile or {}), **extra)
+        UserProfile.create(user=user, **{"display_name": full_name, **fields}, **extra)
         Credential.create(user=user, password_hash=password_hash,
                           **({"changed_at": created_at} if created_at else {}))
         record_event(actor, "user.created", target=user, created_at=created_at)
     return user
 
 
+def _profile(profile: object) -> dict[str, Any]:
+    fields = check.json_object(profile, "profile")
+    unknown = set(fields) - set(_PROFILE_KEYS)
+    if unknown:
+        raise ValidationError(f"unknown profile fields: {', '.join(sorted(unknown))}; valid: "
+                              f"{', '.join(_PROFILE_KEYS)}")
+    for key, value in fields.items():
+        if key == "preferences":
+            check.json_object(value, "profile.preferences")
+        elif not (key == "company" and value is None):
+            check.text(value, f"profile.{key}", empty=key != "timezone",
+                       max_length=getattr(UserProfile, key).max_length)
+    return fields
+
+
+@public_api
 def find_user(email_or_id: str | uuid.UUID) -> User:
     """Return the user with this id or email; raise NotFoundError otherwise."""
-    try:
-        user_id = uuid.UUID(str(email_or_id))
-    except ValueError:
-        user = User.get_or_none(User.email == normalise_email(str(email_or_id)))
-    else:
-        user = User.get_or_none(User.id == user_id)
-    if user is None:
-        raise NotFoundError("no user with that email or id; list users with "
+    missing = NotFoundError("no user with that email or id; list users with "
                             "`within-db inspect rows users`")
+    if isinstance(email_or_id, uuid.UUID):
+        user = User.get_or_none(User.id == email_or_id)
+    else:
+        check.text(email_or_id, "email_or_id", max_length=4 * EMAIL_MAX_LENGTH)
+        try:
+            user = User.get_or_none(User.id == uuid.UUID(email_or_id))
+        except ValueError:
+            try:
+                email = validate_email(email_or_id)
+            except ValidationError:
+                raise missing from None
+            user = User.get_or_none(User.email == email)
+    if user is None:
+        raise missing
     return user
 
 
+@public_api
 def authenticate(email: str, password: str, ip: str | None = None) -> User | None:
     """Return the active user whose password matches, else None; records the attempt.
 
+    A malformed email is a failed attempt like an unknown one; arguments of the wrong type,
+    NUL characters and oversized values are refused (ValidationError) and not recorded.
     Unknown emails cost one hash verification like known ones. An outdated hash is
     re-hashed on success; ``last_login_at`` is set.
     """
+    check.text(email, "email", max_length=4 * EMAIL_MAX_LENGTH, empty=True)
+    check.text(password, "password", max_length=4 * PASSWORD_MAX_LENGTH, empty=True)
+    _ip(ip)
     valid: str | None
     try:
         valid = validate_email(email)
@@ -153,7 +227,7 @@ def authenticate(email: str, password: str, ip: str | None = None) -> User | Non
     stored = row.password_hash if row is not None else _dummy_hash()
     ok: bool
     try:
-        ok = HASHER.verify(stored, unicodedata.normalize("NFKC", password or ""))
+        ok = HASHER.verify(stored, unicodedata.normalize("NFKC", password))
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         ok = False
     with write_transaction():
@@ -173,8 +247,16 @@ def authenticate(email: str, password: str, ip: str | None = None) -> User | Non
     return user
 
 
+def _ip(ip: object) -> None:
+    if ip is not None:
+        check.text(ip, "ip", max_length=45)
+
+
+@public_api
 def set_password(user: User, new_password: str, actor: User | None = None) -> None:
     """Replace the user's password hash and revoke their session tokens."""
+    check.instance(user, User, "user")
+    check.optional_instance(actor, User, "actor")
     new_hash = hash_password(new_password)
     with write_transaction():
         updated = (Credential.update(password_hash=new_hash, changed_at=utcnow())
@@ -188,20 +270,27 @@ def set_password(user: User, new_password: str, actor: User | None = None) -> No
 # -- tokens ---------------------------------------------------------------------------------
 
 
+@public_api
 def token_digest(raw: str) -> str:
-    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+    """Return the SHA-256 hex digest stored for a raw token."""
+    if not isinstance(raw, str):
+        raise ValidationError(f"a token must be text, not {type(raw).__name__}")
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+@public_api
 def issue_token(user: User, kind: str = "session", ttl: dt.timedelta | None = None,
                 name: str = "", now: dt.datetime | None = None) -> tuple[str, AccessToken]:
-    """Issue a token; return ``(raw_secret, row)``. The raw secret is not stored anywhere."""
-    if kind not in TOKEN_KINDS:
-        raise ValidationError(f"token kind must be one of {', '.join(TOKEN_KINDS)}")
-    ttl = ttl if ttl is not None else TOKEN_TTL[kind]
-    if ttl <= dt.timedelta(0):
-        raise ValidationError("token ttl must be positive")
+    """Issue a token; return ``(raw_secret, row)``. The raw secret is not stored anywhere.
+
+    ``ttl`` defaults per kind (12 hours for sessions, 90 days for API keys), at most 10 years.
+    """
+    check.instance(user, User, "user")
+    check.choice(kind, "kind", TOKEN_KINDS)
+    ttl = check.duration(ttl, "ttl") if ttl is not None else TOKEN_TTL[kind]
+    check.text(name, "name", max_length=AccessToken.name.max_length, empty=True)
+    now = check.optional_instant(now, "now") or utcnow()
     raw = TOKEN_PREFIX[kind] + secrets.token_urlsafe(TOKEN_BYTES)
-    now = now or utcnow()
     with write_transaction():
         token = AccessToken.create(user=user, token_hash=token_digest(raw), kind=kind,
                                    prefix=raw[:VISIBLE_PREFIX], name=name, created_at=now,
@@ -211,9 +300,21 @@ def issue_token(user: User, kind: str = "session", ttl: dt.timedelta | None = No
     return raw, token
 
 
+def _raw_token(raw: object) -> str | None:
+    """A raw token as given by a client: None when it cannot be one (so it matches nothing)."""
+    if not isinstance(raw, str) or not raw or len(raw) > 256 or "\x00" in raw:
+        return None
+    return raw
+
+
+@public_api
 def verify_token(raw: str, ip: str | None = None) -> User | None:
-    """Return the owner of a live token (unexpired, unrevoked, active user), else None."""
-    if not isinstance(raw, str) or not raw:
+    """Return the owner of a live token (unexpired, unrevoked, active user), else None.
+
+    Anything that cannot be a token (not text, empty, oversized) simply matches nothing.
+    """
+    _ip(ip)
+    if _raw_token(raw) is None:
         return None
     digest = token_digest(raw)
     now = utcnow()
@@ -229,10 +330,19 @@ def verify_token(raw: str, ip: str | None = None) -> User | None:
     return token.user
 
 
+@public_api
 def revoke_token(token: AccessToken | str, actor: User | None = None) -> bool:
     """Revoke a token (a row or its raw secret); return whether it was live."""
-    where = (AccessToken.id == token.id if isinstance(token, AccessToken)
-             else AccessToken.token_hash == token_digest(token))
+    check.optional_instance(actor, User, "actor")
+    if isinstance(token, AccessToken):
+        where = AccessToken.id == check.instance(token, AccessToken, "token").id
+    elif isinstance(token, str):
+        if _raw_token(token) is None:
+            return False
+        where = AccessToken.token_hash == token_digest(token)
+    else:
+        raise ValidationError(f"token must be a saved AccessToken or a raw token, not "
+                              f"{type(token).__name__}")
     with write_transaction():
         row = AccessToken.get_or_none(where)
         if row is None or row.revoked_at is not None:
@@ -242,8 +352,13 @@ def revoke_token(token: AccessToken | str, actor: User | None = None) -> bool:
     return True
 
 
+@public_api
 def revoke_all(user: User, kind: str | None = None, actor: User | None = None) -> int:
     """Revoke every live token of ``user`` (optionally of one kind); return how many."""
+    check.instance(user, User, "user")
+    if kind is not None:
+        check.choice(kind, "kind", TOKEN_KINDS)
+    check.optional_instance(actor, User, "actor")
     query = AccessToken.update(revoked_at=utcnow()).where(
         AccessToken.user == user.id, AccessToken.revoked_at.is_null())
     if kind is not None:
@@ -259,41 +374,63 @@ def revoke_all(user: User, kind: str | None = None, actor: User | None = None) -
 # -- roles and permissions ------------------------------------------------------------------
 
 
+def _codename(value: object, name: str = "codename") -> str:
+    codename = check.text(value, name, max_length=Permission.codename.max_length)
+    parts = codename.split(".")
+    if codename != codename.lower() or len(parts) < 2 or not all(
+            p and p.replace("_", "").isalnum() and p.isascii() for p in parts):
+        raise ValidationError(f"{name} must be dotted lower-case words such as "
+                              "campaigns.edit")
+    return codename
+
+
+@public_api
 def ensure_permission(codename: str, description: str = "") -> Permission:
     """Return the permission with this codename, creating it if needed."""
-    permission, _ = Permission.get_or_create(codename=codename,
-                                             defaults={"description": description})
+    _codename(codename)
+    check.text(description, "description", empty=True, multiline=True)
+    with database.atomic():
+        permission, _ = Permission.get_or_create(codename=codename,
+                                                 defaults={"description": description})
     return permission
 
 
-def create_role(name: str, permissions: Iterable[str] = (), description: str = "",
+@public_api
+def create_role(name: str, permissions: Sequence[str] = (), description: str = "",
                 now: dt.datetime | None = None) -> Role:
     """Create a role holding ``permissions`` (codenames, created as needed)."""
-    now = now or utcnow()
+    check.text(name, "name", max_length=Role.name.max_length)
+    codenames = check.text_list(permissions, "permissions", item=_codename)
+    check.text(description, "description", empty=True, multiline=True)
+    now = check.optional_instant(now, "now") or utcnow()
     with write_transaction():
         with conflict_on("roles_name", "a role with that name already exists"), \
                 database.atomic():
             role = Role.create(name=name, description=description, created_at=now,
                                updated_at=now)
-        for codename in permissions:
+        for codename in dict.fromkeys(codenames):
             RolePermission.create(role=role, permission=ensure_permission(codename))
     return role
 
 
-def _role(role: Role | str) -> Role:
+def _role(role: object) -> Role:
     if isinstance(role, Role):
-        return role
+        return check.instance(role, Role, "role")
+    check.text(role, "role", max_length=Role.name.max_length)
     found = Role.get_or_none(Role.name == role)
     if found is None:
         raise NotFoundError("no role with that name")
     return found
 
 
+@public_api
 def grant_role(user: User, role: Role | str, granted_by: User | None = None,
                at: dt.datetime | None = None) -> UserRole:
     """Give ``user`` a role (idempotent) and record it (``at`` defaults to now)."""
+    check.instance(user, User, "user")
+    check.optional_instance(granted_by, User, "granted_by")
+    at = check.optional_instant(at, "at") or utcnow()
     role = _role(role)
-    at = at or utcnow()
     with write_transaction():
         existing = UserRole.get_or_none(UserRole.user == user.id, UserRole.role == role.id)
         if existing is not None:
@@ -304,8 +441,11 @@ def grant_role(user: User, role: Role | str, granted_by: User | None = None,
     return link
 
 
+@public_api
 def revoke_role(user: User, role: Role | str, actor: User | None = None) -> bool:
     """Take a role from ``user``; return whether they had it."""
+    check.instance(user, User, "user")
+    check.optional_instance(actor, User, "actor")
     role = _role(role)
     with write_transaction():
         removed = UserRole.delete().where(UserRole.user == user.id,
@@ -315,8 +455,11 @@ def revoke_role(user: User, role: Role | str, actor: User | None = None) -> bool
     return bool(removed)
 
 
+@public_api
 def has_permission(user: User, codename: str) -> bool:
     """Whether an active ``user`` holds ``codename`` (superusers hold all). One query."""
+    check.instance(user, User, "user")
+    check.text(codename, "codename", max_length=Permission.codename.max_length)
     through_roles = (UserRole.select(UserRole.id)
                      .join(RolePermission, on=(RolePermission.role == UserRole.role))
                      .join(Permission, on=(Permission.id == RolePermission.permission))
@@ -327,8 +470,10 @@ def has_permission(user: User, codename: str) -> bool:
             .exists())
 
 
+@public_api
 def permissions_of(user: User) -> set[str]:
     """Return the codenames ``user`` holds (every permission for a superuser). One query."""
+    check.instance(user, User, "user")
     if user.is_superuser:
         return {p.codename for p in Permission.select(Permission.codename)}
     query = (Permission.select(Permission.codename).distinct()
@@ -338,8 +483,10 @@ def permissions_of(user: User) -> set[str]:
     return {p.codename for p in query}
 
 
+@public_api
 def role_names(user: User) -> list[str]:
     """Return the names of the user's roles, sorted."""
+    check.instance(user, User, "user")
     query = (Role.select(Role.name).join(UserRole, on=(UserRole.role == Role.id))
              .where(UserRole.user == user.id).order_by(Role.name))
     return [r.name for r in query]

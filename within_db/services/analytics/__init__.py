@@ -15,6 +15,7 @@ from within_db.services.analytics.boards import (
 from within_db.services.analytics.compiler import catalogue
 from within_db.services.analytics.reports import (
     SHARE_PREFIX,
+    STALE_EXPORT_AFTER,
     create_report,
     create_report_template,
     create_schedule,
@@ -23,6 +24,7 @@ from within_db.services.analytics.reports import (
     export_report,
     mark_ran,
     next_run,
+    reap_stale_exports,
     resolve_share_link,
     revoke_share_link,
 )
@@ -30,6 +32,7 @@ from within_db.services.analytics.reports import (
 __all__ = [
     "RUN_ANY",
     "SHARE_PREFIX",
+    "STALE_EXPORT_AFTER",
     "add_widget",
     "catalogue",
     "create_dashboard",
@@ -44,6 +47,7 @@ __all__ = [
     "mark_ran",
     "move_widget",
     "next_run",
+    "reap_stale_exports",
     "remove_widget",
     "resolve_share_link",
     "revoke_share_link",

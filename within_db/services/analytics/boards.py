@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
+from within_db import boundary as check
+from within_db.boundary import public_api
 from within_db.db import bound, database, replica_read, write_transaction
 from within_db.errors import (
     ConflictError,
@@ -23,7 +26,8 @@ from within_db.models.analytics import (
     Visualization,
 )
 from within_db.models.users import User
-from within_db.services.analytics.compiler import execute_definition, validate_definition
+from within_db.services.analytics.compiler import execute_definition
+from within_db.services.analytics.definitions import MAX_IN, MAX_TEXT_VALUE, Definition, parse
 from within_db.services.users import has_permission
 
 __all__ = [
@@ -40,20 +44,68 @@ _OPTION_KEYS = {"title", "subtitle", "color", "colors", "stacked", "y_axis", "x_
 
 
 def _stamps(now: dt.datetime | None) -> dict:
-    now = now or utcnow()
+    now = check.optional_instant(now, "now") or utcnow()
     return {"created_at": now, "updated_at": now}
 
 
+def _name(name: object, what: str) -> str:
+    return check.text(name, f"{what} name", max_length=200)
+
+
+def stored_definition(saved_query: SavedQuery) -> Definition:
+    """The saved query's definition, checked again: ValidationError naming the query if it no
+    longer validates (the catalogue or the schema changed since it was saved)."""
+    try:
+        return parse(saved_query.definition)
+    except ValidationError as exc:
+        raise ValidationError(f'saved query {saved_query.id} ("{saved_query.name[:80]}") no '
+                              f"longer validates: {exc}; fix or re-create it") from None
+
+
+def _param_value(value: object, name: str) -> Any:
+    if value is None or isinstance(value, (bool, int, uuid.UUID, dt.date)):
+        return value
+    if isinstance(value, float):
+        return check.number(value, name)
+    return check.text(value, name, max_length=MAX_TEXT_VALUE, empty=True)
+
+
+def query_params(params: object) -> dict[str, Any]:
+    """Check run-time query parameters: text keys; text, numbers, booleans, dates, UUIDs or
+    None, or lists of those. Their fit to each filter is checked when the query compiles."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict) or len(params) > 100:
+        raise ValidationError("params must be a dict of at most 100 parameters")
+    out = {}
+    for key, value in params.items():
+        check.text(key, "a parameter name", max_length=64)
+        if isinstance(value, (list, tuple)):
+            if len(value) > MAX_IN:
+                raise ValidationError(f"parameter lists hold at most {MAX_IN} values")
+            out[key] = [_param_value(v, "a parameter value") for v in value]
+        else:
+            out[key] = _param_value(value, "a parameter value")
+    return out
+
+
+@public_api
 def create_saved_query(owner: User, name: str, definition: dict, description: str = "",
                        now: dt.datetime | None = None) -> SavedQuery:
-    """Store a validated definition; ConflictError if the owner already has that name."""
-    validate_definition(definition)
+    """Store a definition that validates; ConflictError if the owner already has that name."""
+    check.instance(owner, User, "owner")
+    _name(name, "saved query")
+    definition = check.json_object(definition, "definition")
+    parse(definition)
+    check.text(description, "description", empty=True, multiline=True)
+    stamps = _stamps(now)
     with conflict_on("saved_queries_owner_id_name",
                      "you already have a saved query with that name"), database.atomic():
         return SavedQuery.create(owner=owner, name=name, definition=definition,
-                                 description=description, **_stamps(now))
+                                 description=description, **stamps)
 
 
+@public_api
 @replica_read
 def run_saved_query(saved_query: SavedQuery, params: dict | None = None,
                     actor: User | None = None) -> list[dict[str, Any]]:
@@ -61,26 +113,30 @@ def run_saved_query(saved_query: SavedQuery, params: dict | None = None,
 
     Allowed for the query's owner or a holder of ``analytics.run_any``; ``actor=None`` is a
     trusted internal call on the query owner's behalf (exports, schedules). Reads the replica
-    when one is configured and usable (see ``within_db.connect``).
+    when one is configured and usable (see ``within_db.connect``). Params are typed against
+    the filters' dimensions; a stored definition that no longer validates raises
+    ValidationError naming the saved query.
     """
+    check.instance(saved_query, SavedQuery, "saved_query")
+    params = query_params(params)
+    check.optional_instance(actor, User, "actor")
     if actor is not None and actor.id != saved_query.owner_id and \
             not has_permission(actor, RUN_ANY):
         raise PermissionDeniedError(f"running another user's query needs {RUN_ANY}")
-    return execute_definition(saved_query.definition, params)
+    return execute_definition(stored_definition(saved_query), params)
 
 
 # -- visualizations -------------------------------------------------------------------------
 
 
-def _check_chart(chart_type: str, options: dict, definition: dict) -> None:
-    if chart_type not in CHART_TYPES:
-        raise ValidationError(f'unknown chart type "{chart_type}"; valid: '
-                              f"{', '.join(CHART_TYPES)}")
+def _check_chart(chart_type: str, options: dict, definition: Definition) -> None:
+    if not isinstance(chart_type, str) or chart_type not in CHART_TYPES:
+        raise ValidationError(f"unknown chart type; valid: {', '.join(CHART_TYPES)}")
     unknown = set(options) - _OPTION_KEYS
     if unknown:
-        raise ValidationError(f"unknown chart options: {', '.join(sorted(unknown))}; valid: "
-                              f"{', '.join(sorted(_OPTION_KEYS))}")
-    dims, metrics = definition.get("dimensions", []), definition["metrics"]
+        raise ValidationError(f"unknown chart options: {', '.join(sorted(unknown))[:200]}; "
+                              f"valid: {', '.join(sorted(_OPTION_KEYS))}")
+    dims, metrics = definition.dimensions, definition.metrics
     has_date = any(d == "date" or d.startswith("date:") for d in dims)
     rules = {
         "line": (has_date, "a line chart needs a date dimension"),
@@ -97,32 +153,49 @@ def _check_chart(chart_type: str, options: dict, definition: dict) -> None:
         raise ValidationError(message)
 
 
+@public_api
 def create_visualization(saved_query: SavedQuery, name: str, chart_type: str,
                          options: dict | None = None,
                          now: dt.datetime | None = None) -> Visualization:
     """Create a chart over a saved query, checking the type fits the query's shape."""
-    options = options or {}
-    _check_chart(chart_type, options, saved_query.definition)
-    return Visualization.create(saved_query=saved_query, name=name, chart_type=chart_type,
-                                options=options, **_stamps(now))
+    check.instance(saved_query, SavedQuery, "saved_query")
+    _name(name, "visualization")
+    options = check.json_object(options, "options")
+    _check_chart(chart_type, options, stored_definition(saved_query))
+    stamps = _stamps(now)
+    with database.atomic():
+        return Visualization.create(saved_query=saved_query, name=name, chart_type=chart_type,
+                                    options=options, **stamps)
 
 
 # -- dashboards -----------------------------------------------------------------------------
 
 
+@public_api
 def create_dashboard(owner: User, name: str, description: str = "",
                      now: dt.datetime | None = None) -> Dashboard:
     """Create an empty dashboard on the 12-column grid; ConflictError for a taken name."""
+    check.instance(owner, User, "owner")
+    _name(name, "dashboard")
+    check.text(description, "description", empty=True, multiline=True)
+    stamps = _stamps(now)
     with conflict_on("dashboards_owner_id_name",
                      "you already have a dashboard with that name"), database.atomic():
         return Dashboard.create(owner=owner, name=name, description=description,
-                                layout={"columns": GRID_COLUMNS}, **_stamps(now))
+                                layout={"columns": GRID_COLUMNS}, **stamps)
 
 
 def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
     ax, ay, aw, ah = a
     bx, by, bw, bh = b
     return ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah
+
+
+def _box(x: object, y: object, width: object, height: object) -> tuple[int, int, int, int]:
+    return (check.integer(x, "x", low=0, high=GRID_COLUMNS - 1),
+            check.integer(y, "y", low=0, high=2**31 - 1),
+            check.integer(width, "width", low=1, high=GRID_COLUMNS),
+            check.integer(height, "height", low=1, high=10_000))
 
 
 def _place(dashboard_id: int, box: tuple[int, int, int, int], ignore: int | None = None) -> None:
@@ -139,20 +212,27 @@ def _place(dashboard_id: int, box: tuple[int, int, int, int], ignore: int | None
             raise ConflictError(f"the widget would overlap widget {other.id}")
 
 
+@public_api
 def add_widget(dashboard: Dashboard, visualization: Visualization, x: int, y: int,
                width: int, height: int) -> DashboardWidget:
     """Place a visualization on a dashboard where it overlaps no other widget."""
+    check.instance(dashboard, Dashboard, "dashboard")
+    check.instance(visualization, Visualization, "visualization")
+    _box(x, y, width, height)
     with write_transaction():
         _place(dashboard.id, (x, y, width, height))
         return DashboardWidget.create(dashboard=dashboard, visualization=visualization,
                                       x=x, y=y, width=width, height=height)
 
 
+@public_api
 def move_widget(widget: DashboardWidget, x: int, y: int, width: int | None = None,
                 height: int | None = None) -> DashboardWidget:
     """Move (and optionally resize) a widget; refused if it would overlap another."""
+    check.instance(widget, DashboardWidget, "widget")
     width = widget.width if width is None else width
     height = widget.height if height is None else height
+    _box(x, y, width, height)
     with write_transaction():
         _place(widget.dashboard_id, (x, y, width, height), ignore=widget.id)
         DashboardWidget.update(x=x, y=y, width=width, height=height).where(
@@ -161,5 +241,8 @@ def move_widget(widget: DashboardWidget, x: int, y: int, width: int | None = Non
     return widget
 
 
+@public_api
 def remove_widget(widget: DashboardWidget) -> None:
+    """Take a widget off its dashboard."""
+    check.instance(widget, DashboardWidget, "widget")
     DashboardWidget.delete().where(DashboardWidget.id == widget.id).execute()

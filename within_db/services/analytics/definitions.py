@@ -1,0 +1,284 @@
+"""Saved-query definitions: one pydantic schema, applied when a query is saved and when it runs.
+
+The schema fixes the shape (strict types, no unknown keys), the catalogue the names, and each
+filter's dimension the type of its values (ISO dates, UUIDs, integers, text). Values written
+as ``{"param": name}`` are typed when the query runs, with its parameters.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+
+from within_db.boundary import public_api
+from within_db.errors import ValidationError
+from within_db.services.analytics.catalogue import (
+    DATASETS,
+    GRAINS,
+    MAX_LIMIT,
+    OPERATORS,
+    catalogue,
+    dimension_kind,
+)
+
+__all__ = ["MAX_IN", "Definition", "Filter", "Sort", "validate_definition"]
+
+MAX_IN = 1_000  # values of one "in" filter
+MAX_TEXT_VALUE = 1_024
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_NAME = Field(max_length=64)
+_VALUE_SHAPE = ('a filter value is text, a number, true/false, {"param": "name"}, or a list '
+                f"of those (at most {MAX_IN})")
+
+
+def _choices(values: Any) -> str:
+    return ", ".join(values)
+
+
+def _is_param(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"param"}
+
+
+def _scalar_or_param(value: Any) -> None:
+    if _is_param(value):
+        name = value["param"]
+        if not isinstance(name, str) or not _PARAM_NAME.fullmatch(name):
+            raise ValueError("a parameter name is a letter or _ then letters, digits or _ "
+                             "(at most 64)")
+    elif isinstance(value, str):
+        if len(value) > MAX_TEXT_VALUE or "\x00" in value:
+            raise ValueError(f"a text filter value is at most {MAX_TEXT_VALUE} characters, "
+                             "without NUL")
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("a number filter value must be finite")
+    elif not isinstance(value, (int, bool)):
+        raise ValueError(_VALUE_SHAPE)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Filter(_Strict):
+    """``{"dimension": ..., "op": eq|in|between|gte|lte, "value": ...}``."""
+
+    dimension: str = _NAME
+    op: str = _NAME
+    value: Any
+
+    @field_validator("op")
+    @classmethod
+    def _op(cls, op: str) -> str:
+        if op not in OPERATORS:
+            raise ValueError(f"unknown operator; valid: {_choices(OPERATORS)}")
+        return op
+
+    @field_validator("value")
+    @classmethod
+    def _shape(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if len(value) > MAX_IN:
+                raise ValueError(f"a filter takes at most {MAX_IN} values")
+            for item in value:
+                _scalar_or_param(item)
+        else:
+            _scalar_or_param(value)
+        return value
+
+
+class Sort(_Strict):
+    """``{"by": <a selected dimension or metric>, "desc": bool}``."""
+
+    by: str = _NAME
+    desc: StrictBool = False
+
+
+class Definition(_Strict):
+    """A saved query: dataset, dimensions, metrics, filters, sort and limit."""
+
+    dataset: str = _NAME
+    dimensions: list[str] = Field(default_factory=list, max_length=16)
+    metrics: list[str] = Field(max_length=32)
+    filters: list[Filter] = Field(default_factory=list, max_length=32)
+    sort: list[Sort] = Field(default_factory=list, max_length=16)
+    limit: StrictInt | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _catalogue(self) -> Definition:
+        _check_names(self)
+        resolve_filters(self, None)
+        return self
+
+
+def _grain(dimension: str) -> str | None:
+    if dimension == "date":
+        return "day"
+    if dimension.startswith("date:"):
+        grain = dimension.split(":", 1)[1]
+        if grain not in GRAINS:
+            raise ValueError(f"unknown date grain; valid: {_choices(GRAINS)}")
+        return grain
+    return None
+
+
+def _check_names(d: Definition) -> None:
+    if d.dataset not in DATASETS:
+        raise ValueError(f'unknown dataset "{d.dataset}"; valid datasets: '
+                         f"{_choices(DATASETS)}")
+    valid = catalogue()[d.dataset]
+    if not d.metrics:
+        raise ValueError("a query needs at least one metric")
+    for dim in d.dimensions:
+        if dim not in valid["dimensions"]:
+            raise ValueError(f'unknown dimension "{dim}" for {d.dataset}; valid: '
+                             f"{_choices(valid['dimensions'])}")
+    if sum(1 for dim in d.dimensions if _grain(dim)) > 1:
+        raise ValueError("at most one date dimension per query")
+    for m in d.metrics:
+        if m not in valid["metrics"]:
+            raise ValueError(f'unknown metric "{m}" for {d.dataset}; valid: '
+                             f"{_choices(valid['metrics'])}")
+    if len(set(d.dimensions) | set(d.metrics)) != len(d.dimensions) + len(d.metrics):
+        raise ValueError("dimensions and metrics must not repeat")
+    filterable = ["date", *DATASETS[d.dataset].dimensions]
+    for f in d.filters:
+        if f.dimension not in filterable:
+            raise ValueError(f'cannot filter on "{f.dimension}"; valid: '
+                             f"{_choices(filterable)}")
+    for s in d.sort:
+        if s.by not in [*d.dimensions, *d.metrics]:
+            raise ValueError('sort entries are {"by": <a selected dimension or metric>, '
+                             '"desc": bool}')
+    if d.limit is not None and not 1 <= d.limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be an integer from 1 to {MAX_LIMIT}")
+
+
+def _typed(kind: str, max_length: int | None, value: Any, where: str) -> Any:
+    """Return ``value`` as the Python value of a dimension of ``kind``, or raise ValueError."""
+    if kind == "date":
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            return value
+        if isinstance(value, str) and len(value) == 10:
+            try:
+                return dt.date.fromisoformat(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: date filter values must be ISO dates (YYYY-MM-DD)")
+    if kind == "uuid":
+        if isinstance(value, uuid.UUID):
+            return value
+        if isinstance(value, str) and len(value) <= 40:
+            try:
+                return uuid.UUID(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: values must be UUIDs")
+    if kind == "integer":
+        if isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63:
+            return value
+        raise ValueError(f"{where}: values must be integers")
+    if isinstance(value, str) and len(value) <= (max_length or MAX_TEXT_VALUE) \
+            and "\x00" not in value:
+        return value
+    raise ValueError(f"{where}: values must be text of at most {max_length} characters")
+
+
+def _param(value: Any, params: dict[str, Any] | None) -> Any:
+    """The parameter's value; ``_UNBOUND`` while saving (params is None)."""
+    if not _is_param(value):
+        return value
+    if params is None:
+        return _UNBOUND
+    name = value["param"]
+    if name not in params:
+        raise ValueError(f'missing query parameter "{name}"')
+    return params[name]
+
+
+_UNBOUND = object()
+
+
+def resolve_filters(d: Definition, params: dict[str, Any] | None
+                    ) -> list[tuple[str, str, Any]]:
+    """Return ``(dimension, op, typed value)`` per filter, parameters substituted.
+
+    ``params=None`` checks the literal values only (while saving). Raises ValueError.
+    """
+    ds = DATASETS[d.dataset]
+    out = []
+    for i, f in enumerate(d.filters):
+        kind, max_length = dimension_kind(ds, f.dimension)
+        where = f'filter {i} ("{f.dimension}" {f.op})'
+        value = _param(f.value, params)
+        if value is _UNBOUND:
+            out.append((f.dimension, f.op, value))
+            continue
+        if f.op in ("in", "between"):
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"{where}: needs a list")
+            if f.op == "between" and len(value) != 2:
+                raise ValueError(f'{where}: "between" needs a [from, to] pair')
+            if not 1 <= len(value) <= MAX_IN:
+                raise ValueError(f'{where}: "in" needs 1 to {MAX_IN} values')
+            items = [_param(v, params) for v in value]
+            typed = [v if v is _UNBOUND else _typed(kind, max_length, v, where) for v in items]
+            out.append((f.dimension, f.op, typed))
+        else:
+            if isinstance(value, (list, tuple, dict)):
+                raise ValueError(f'{where}: "{f.op}" takes one value, not a list')
+            out.append((f.dimension, f.op, _typed(kind, max_length, value, where)))
+    return out
+
+
+def _message(exc: pydantic.ValidationError) -> str:
+    """The schema's complaints without the input values pydantic would echo."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False)[:3]:
+        msg = str(error["msg"]).removeprefix("Value error, ")
+        loc = ".".join(str(p) for p in error["loc"])
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def parse(definition: Any) -> Definition:
+    """Return the schema object of a definition, or raise ValidationError."""
+    if not isinstance(definition, dict):
+        raise ValidationError("a query definition must be a JSON object")
+    unknown = set(definition) - set(Definition.model_fields)
+    if unknown:
+        names = sorted(str(k)[:40] for k in unknown)
+        raise ValidationError(f"unknown definition keys: {_choices(names)}; valid: "
+                              f"{_choices(Definition.model_fields)}")
+    try:
+        return Definition.model_validate(definition)
+    except pydantic.ValidationError as exc:
+        raise ValidationError(_message(exc)) from None
+    except RecursionError:
+        raise ValidationError("a query definition is nested too deeply") from None
+
+
+@public_api
+def validate_definition(definition: Any) -> dict:
+    """Check a definition against the schema and the catalogue; return it, or raise
+    ValidationError."""
+    parse(definition)
+    return definition
+
+
+def run_filters(d: Definition, params: Any) -> list[tuple[str, str, Any]]:
+    """``resolve_filters`` with the run's parameters, raising ValidationError."""
+    if params is None:
+        params = {}
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        raise ValidationError("params must be a dict with text keys")
+    try:
+        return resolve_filters(d, params)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+
