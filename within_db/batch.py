@@ -8,6 +8,7 @@ rows flow as they are produced), the lazy cursor on SQLite.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -39,10 +40,6 @@ def _insert_fields(model: type[peewee.Model]) -> list[peewee.Field]:
 _END = object()
 
 
-class _KeysChanged(Exception):
-    """A row's keys differ from those the running converter was compiled for."""
-
-
 # -- per-model row converters ---------------------------------------------------------------
 #
 # A converter is compiled per (model, key set, output) the way namedtuple compiles its class:
@@ -70,6 +67,10 @@ class _Converters:
         self.by_name = {f.name: f for f in fields}
         self.by_column = {f.column_name: f for f in fields}
         self.cache: dict[frozenset | int, Callable] = {}
+
+    def convert(self, row: Any) -> Any:
+        """Convert one row with the converter compiled for its key set (compiled on demand)."""
+        return self.for_row(row)(row)
 
     def for_row(self, row: Any) -> Callable:
         if isinstance(row, dict):
@@ -105,94 +106,76 @@ class _Converters:
 
     def _compile(self, row: Any) -> Callable:
         given = self._given(row)
-        env: dict[str, Any] = {**INLINE_ENV, "_esc": copy_escape, "_KeysChanged": _KeysChanged,
-                               "_len": len}
-        lines, items = [], []
+        env: dict[str, Any] = {**INLINE_ENV, "_esc": copy_escape, "_other": self.convert,
+                               "_len": len, "_VE": ValidationError}
+        # another key set (or tuple length) goes to the converter compiled for it: every
+        # row's keys are checked, at the cost of one len() and the key lookups
+        lines = ["def convert(r):", f"    if _len(r) != {len(row)}:", "        return _other(r)",
+                 "    try:"]
+        reads, values, convert_lines = [], [], []
         for i, field in enumerate(self.fields):
             codec = codec_of(field)
-            env[f"_s{i}"] = _slow(field, codec, self.text)
+            env[f"_c{i}"] = _full(field, codec, self.text)
             x = f"x{i}"
             if field.name in given:
-                lines.append(f"    {x} = r[{given[field.name]!r}]")
-                items.append(self._expression(x, i, field, codec))
+                reads.append(f"        {x} = r[{given[field.name]!r}]")
             elif not field.null and field.default is None:
                 raise ValidationError(f"missing required field {field.name!r}")
             elif callable(field.default):
                 env[f"_d{i}"] = field.default
-                lines.append(f"    {x} = _d{i}()")
-                items.append(self._expression(x, i, field, codec))
+                convert_lines.append(f"    {x} = _d{i}()")
             else:  # a constant default, converted once
-                env[f"_k{i}"] = env[f"_s{i}"](field.default)
-                items.append(f"_k{i}")
-        head = ["def convert(r):", f"    if _len(r) != {len(row)}:", "        raise _KeysChanged"]
+                env[f"_k{i}"] = (("\\N" if self.text else None) if field.default is None
+                                 else env[f"_c{i}"](field.default))
+                values.append(f"_k{i}")
+                continue
+            # a try costs nothing until it catches; the refusal gains the model.field label
+            env[f"_L{i}"] = f"{field.model.__name__}.{field.name}: "
+            values.append(f"v{i}")
+            convert_lines += ["    try:", f"        v{i} = {self._expression(x, i, field, codec)}",
+                      "    except _VE as e:", f"        raise _VE(_L{i} + str(e)) from None"]
+        lines += reads or ["        pass"]
+        lines += ["    except (KeyError, IndexError, TypeError):", "        return _other(r)"]
+        lines += convert_lines
         if self.text:
-            env["_line"] = "\t".join(["%s"] * len(items)) + "\n"
-            body = "    return _line % (" + ", ".join(items) + ",)"
+            env["_line"] = "\t".join(["%s"] * len(values)) + "\n"
+            lines.append("    return _line % (" + ", ".join(values) + ",)")
         else:
-            body = "    return (" + ", ".join(items) + ",)"
-        source = "\n".join(head + lines + [body])
-        exec(source, env)  # noqa: S102 - generated from field metadata only, see above
-        return env["convert"]
+            lines.append("    return (" + ", ".join(values) + ",)")
+        exec("\n".join(lines), env)  # noqa: S102 - generated from field metadata only, see above
+        convert: Callable = env["convert"]
+        return convert
 
     def _expression(self, x: str, i: int, field: peewee.Field, codec: Any) -> str:
         fast = codec.inline(x)
         if fast is None:
-            value = f"_s{i}({x})"
+            value = f"_c{i}({x})"
         else:
             cond, expr, kind = fast
             if self.text:
                 expr = _COPY_INLINE[kind].format(v=expr, y=f"y{i}")
-            value = f"({expr} if {cond} else _s{i}({x}))"
+            value = f"({expr} if {cond} else _c{i}({x}))"
         if field.null:
             null = "'\\\\N'" if self.text else "None"
             return f"({null} if {x} is None else {value})"
         return value
 
 
-def _slow(field: peewee.Field, codec: Any, text: bool) -> Callable[[Any], Any]:
-    """The full conversion of one value: the codec, refusals naming model.field."""
-    label = f"{field.model.__name__}.{field.name}"
-    rel_model, rel_name = None, ""
+def _full(field: peewee.Field, codec: Any, text: bool) -> Callable[[Any], Any]:
+    """The codec's full conversion of one value (to storage, or to COPY text)."""
+    to_db, to_copy = codec.to_db, codec.to_copy
     if isinstance(field, peewee.ForeignKeyField):
         rel_model, rel_name = field.rel_model, field.rel_field.name
 
-    def convert(value: Any) -> Any:
-        if value is None:
-            if field.null:
-                return "\\N" if text else None
-            raise ValidationError(f"{label}: expected {codec.expected}, got None")
-        if rel_model is not None and isinstance(value, rel_model):
-            value = getattr(value, rel_name)
-        try:
-            stored = codec.to_db(value)
-        except ValidationError as exc:
-            raise ValidationError(f"{label}: {exc}") from None
-        return codec.to_copy(stored) if text else stored
+        def convert(value: Any) -> Any:
+            if isinstance(value, rel_model):  # a model instance stands for its key
+                value = getattr(value, rel_name)
+            return to_copy(to_db(value)) if text else to_db(value)
 
-    return convert
-
-
-def _convert_rows(converters: _Converters, rows: Iterable) -> Iterator[Any]:
-    """Yield storage rows (tuples, or COPY lines); BulkInsertError names the refused row."""
-    position = 0
-    iterator = iter(rows)
-    try:
-        first = next(iterator, _END)
-        if first is _END:
-            return
-        convert = converters.for_row(first)
-        yield convert(first)
-        for position, row in enumerate(iterator, 1):  # noqa: B007 - read in except
-                try:
-                    yield convert(row)
-                except (_KeysChanged, KeyError):
-                    # another key set: compile (or reuse) its converter; every row is checked
-                    convert = converters.for_row(row)
-                    yield convert(row)
-    except (ValidationError, _KeysChanged, KeyError, TypeError) as exc:
-        message = exc if isinstance(exc, ValidationError) else "expected a dict or a tuple"
-        raise BulkInsertError(f"row {position}: {message}; nothing was written",
-                              position=position) from None
+        return convert
+    if text:
+        return lambda value: to_copy(to_db(value))
+    return to_db
 
 
 def rows_argument(rows: object) -> None:
@@ -231,15 +214,34 @@ def bulk_insert(model: type[peewee.Model], rows: Iterable[Row],
     if unknown:
         raise ValidationError(f"unknown fields for {model.__name__}: {', '.join(sorted(unknown))}")
     converters = _Converters(model, all_fields, tuple_fields, db.bulk_text)
+    iterator = iter(rows)
+    first = next(iterator, _END)
+    if first is _END:
+        return 0
+    try:
+        convert = converters.for_row(first)
+        head = convert(first)
+    except (ValidationError, TypeError) as exc:
+        raise _failed(db, BulkLoadFailed(0, cause=exc)) from None
     try:
         return db.bulk_load(model._meta.table_name, [f.column_name for f in all_fields],
-                            _convert_rows(converters, rows), batch_size or DEFAULT_BATCH)
+                            itertools.chain((head,), map(convert, iterator)),
+                            batch_size or DEFAULT_BATCH)
     except BulkLoadFailed as exc:
         raise _failed(db, exc) from None
 
 
 def _failed(db: Backend, exc: BulkLoadFailed) -> BulkInsertError:
     position = exc.position
+    if exc.cause is not None:
+        if isinstance(exc.cause, ValidationError):
+            message = str(exc.cause)
+        elif isinstance(exc.cause, (TypeError, KeyError, IndexError)):
+            message = "expected a dict or a tuple"
+        else:
+            raise exc.cause
+        return BulkInsertError(f"row {position}: {message}; nothing was written",
+                               position=position)
     if exc.integrity is None:
         return BulkInsertError(f"row {position} has a value of the wrong type or size for its "
                                "column; nothing was written", position=position)

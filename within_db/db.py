@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import json
 import logging
 import os
 import re
@@ -41,7 +42,7 @@ __all__ = [
     "BUSY_TIMEOUT", "Backend", "BrokenForeignKeys", "BulkLoadFailed", "CONNECT_TIMEOUT",
     "DEFAULT_URL", "MAX_REPLICA_LAG", "PooledPostgresDatabase", "PostgresDatabase",
     "REPLICA_WAIT", "Replica", "SCHEMES", "SqliteDatabase", "backend", "bound", "connect",
-    "database", "get_db", "make_database", "read_your_writes", "reading", "redact_url",
+    "database", "get_db", "json_loads", "make_database", "read_your_writes", "reading", "redact_url",
     "replica_read",
     "write_transaction",
 ]
@@ -142,14 +143,17 @@ class _Scope(peewee.ConnectionContext):
 class BulkLoadFailed(Exception):
     """Raised by ``bulk_load``: row ``position`` (0-based, -1 unknown) was refused.
 
-    ``integrity`` holds the IntegrityError when a constraint refused the row; otherwise a value
-    did not fit its column. ``within_db.batch`` turns it into BulkInsertError.
+    ``integrity`` holds the IntegrityError when a constraint refused the row; ``cause`` the
+    exception the rows iterator raised producing it; with neither, a value did not fit its
+    column. ``within_db.batch`` turns it into BulkInsertError.
     """
 
-    def __init__(self, position: int, integrity: peewee.IntegrityError | None = None):
+    def __init__(self, position: int, integrity: peewee.IntegrityError | None = None,
+                 cause: Exception | None = None):
         super().__init__(position)
         self.position = position
         self.integrity = integrity
+        self.cause = cause
 
 
 class BrokenForeignKeys(Exception):
@@ -765,27 +769,29 @@ class SqliteDatabase(_Shared, _Reads, peewee.SqliteDatabase):
         """Insert storage-ready tuples in one transaction with ``executemany``; return the count.
 
         ``batch_size`` serves COPY and is unused here. Raises BulkLoadFailed naming the refused
-        row; nothing is then written.
+        row (or the row the iterator failed to produce); nothing is then written.
         """
         names = ", ".join(_quote(c) for c in columns)
         sql = f"INSERT INTO {_quote(table)} ({names}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608 - model names, quoted
-        last = [-1]
-
-        def counted() -> Iterator[tuple[Any, ...]]:
-            # sqlite3 binds and steps one row per item drawn, so the last index drawn is the
-            # row that failed.
-            for last[0], row in enumerate(rows):
-                yield row
-
         with self.atomic():
-            cursor = self.connection().cursor()
+            conn = self.connection()
+            cursor = conn.cursor()
+            # Rows are inserted one by one in order, so the rows inserted so far (no INSERT
+            # trigger adds to the count) are the index of the row that failed: no counting
+            # wrapper in the hot loop.
+            before = conn.total_changes
             try:
-                cursor.executemany(sql, counted())
+                cursor.executemany(sql, rows)
             except sqlite3.IntegrityError as exc:
-                raise BulkLoadFailed(last[0], peewee.IntegrityError(*exc.args)) from None
+                raise BulkLoadFailed(conn.total_changes - before,
+                                     peewee.IntegrityError(*exc.args)) from None
+            except sqlite3.Error:
+                raise
+            except Exception as exc:  # raised by the rows iterator; the transaction rolls back
+                raise BulkLoadFailed(conn.total_changes - before, cause=exc) from None
             finally:
                 cursor.close()
-        return last[0] + 1
+            return conn.total_changes - before
 
     @contextlib.contextmanager
     def streaming_cursor(self, sql: str, params: Any) -> Iterator[tuple[Any, _Fetch]]:
@@ -808,40 +814,56 @@ class SqliteDatabase(_Shared, _Reads, peewee.SqliteDatabase):
 _COPY_LINE = re.compile(r"COPY \S+, line (\d+)")
 
 
+_scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # the C scanner
+
+
+def json_loads(text: str) -> Any:
+    """Decode JSON as ``json.loads`` does, through the C scanner alone for the common case.
+
+    Database JSON has no surrounding whitespace, so the scanner's one call replaces
+    ``json.loads``' regex and wrapper calls; anything else takes ``json.loads`` (and its
+    errors).
+    """
+    try:
+        value, end = _scan_json(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
+
+
+def _cast_json(value: str | bytes | None, cursor: Any) -> Any:
+    return None if value is None else json_loads(str(value))
+
+
+_JSON_CASTERS = [psycopg2.extensions.new_type((oid,), name, _cast_json)
+                 for oid, name in ((3802, "WITHIN_JSONB"), (114, "WITHIN_JSON"))]
+
+
 class _CopySource:
-    """A file-like object reading COPY text lines, ``batch_size`` lines per buffer."""
+    """A file-like object reading COPY text lines, ``batch_size`` lines per ``read()``.
+
+    psycopg2 sends whatever ``read()`` returns as one CopyData message, whatever size it
+    asked for, so each call hands over a whole batch: no re-slicing of a large buffer, and
+    the server parses one batch while the next is being built.
+    """
 
     def __init__(self, lines: Iterable[str], batch_size: int) -> None:
         self.rows = iter(lines)
         self.batch_size = batch_size
-        self.buffer = ""
         self.count = 0
         self.error: Exception | None = None
-
-    def _chunk(self) -> list[str]:
-        chunk = []
-        for row in self.rows:
-            chunk.append(row)
-            if len(chunk) >= self.batch_size:
-                break
-        return chunk
+        self.failed_at = -1
 
     def read(self, size: int = -1) -> str:
-        while size < 0 or len(self.buffer) < size:
-            try:
-                chunk = self._chunk()
-            except Exception as exc:
-                self.error = exc  # psycopg2 replaces it with QueryCanceled; bulk_load restores it
-                raise
-            if not chunk:
-                break
-            self.count += len(chunk)
-            self.buffer += "".join(chunk)
-        if size < 0:
-            out, self.buffer = self.buffer, ""
-        else:
-            out, self.buffer = self.buffer[:size], self.buffer[size:]
-        return out
+        chunk: list[str] = []
+        try:
+            chunk.extend(itertools.islice(self.rows, self.batch_size))
+        except Exception as exc:
+            # psycopg2 replaces it with QueryCanceled; bulk_load restores it
+            self.error, self.failed_at = exc, self.count + len(chunk)
+            raise
+        self.count += len(chunk)
+        return "".join(chunk)
 
     readline = read
 
@@ -867,9 +889,12 @@ class _PostgresBackend(_Reads, peewee.PostgresqlDatabase):
 
     def _connect(self) -> Any:
         try:
-            return super()._connect()  # type: ignore[misc]  # private, absent from the stubs
+            conn = super()._connect()  # type: ignore[misc]  # private, absent from the stubs
         except psycopg2.OperationalError as exc:
             raise _unavailable(self, exc) from exc
+        for caster in _JSON_CASTERS:  # json.loads without its Python wrapper: every read
+            psycopg2.extensions.register_type(caster, conn)
+        return conn
 
     def explain_error(self, exc: BaseException) -> str | None:
         """Say in one line why the server refused, with the next step; None if not known."""
@@ -1046,7 +1071,7 @@ class _PostgresBackend(_Reads, peewee.PostgresqlDatabase):
                     cursor.copy_expert(sql, source, size=1 << 16)
         except psycopg2.Error as exc:
             if source.error is not None:
-                raise source.error from None
+                raise BulkLoadFailed(source.failed_at, cause=source.error) from None
             context = getattr(exc.diag, "context", None) or ""
             match = _COPY_LINE.search(context)
             position = int(match.group(1)) - 1 if match else -1

@@ -18,6 +18,7 @@ from typing import Any
 
 import peewee
 
+from within_db.db import json_loads
 from within_db.errors import ValidationError
 
 __all__ = [
@@ -441,7 +442,7 @@ class InstantCodec(Codec):
 
 
 def _as_utc(value: dt.datetime) -> dt.datetime:
-    return value.astimezone(UTC)
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
 class MoneyCodec(Codec):
@@ -474,7 +475,25 @@ def _from_micros(value: int) -> Decimal:
     return Decimal(value).scaleb(-6)
 
 
+def _not_serialisable(value: Any) -> Any:
+    raise TypeError(type(value).__name__)
+
+
 _json_encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+# The C encoder made once (json.dumps makes one per call); no circular-reference markers: a
+# cycle ends in RecursionError, which is refused like any other unserialisable value.
+_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_c_encoder = _make_encoder and _make_encoder(
+    None, _not_serialisable, json.encoder.encode_basestring_ascii, None, ":", ",", False,
+    False, False)
+
+
+def _json_text(value: Any) -> str:
+    if _c_encoder is None:
+        return _json_encoder.encode(value)
+    if type(value) is str:
+        return json.encoder.encode_basestring_ascii(value)
+    return "".join(_c_encoder(value, 0))
 
 
 class JSONCodec(Codec):
@@ -492,7 +511,7 @@ class JSONCodec(Codec):
 
     def to_db(self, value: Any) -> str:
         try:
-            text = _json_encoder.encode(value)
+            text = _json_text(value)
         except ValueError:
             raise ValidationError(f"expected {self.expected}: NaN and infinities are "
                                   "refused") from None
@@ -508,7 +527,7 @@ class JSONCodec(Codec):
         return copy_escape(stored)
 
     def reader(self, db: Any) -> Callable[[Any], Any] | None:
-        return None if db.native_json else json.loads
+        return None if db.native_json else json_loads
 
     def parse(self, text: str) -> Any:
         raise ValidationError("JSON cannot be compared with a typed value")
@@ -661,6 +680,10 @@ class JSONField(CodecField, peewee.JSONField):
     """JSON (JSONB on PostgreSQL, TEXT on SQLite): serialisable, finite numbers, no NUL."""
 
     codec = JSONCodec()
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("loads", json_loads)
+        super().__init__(*args, **kwargs)
 
     def db_value(self, value: Any) -> Any:
         if value is None or isinstance(value, peewee.Node):
