@@ -91,9 +91,11 @@ def raw_sqlite_connection(path: str):
 def raw_sqlite_insert(conn, rows: list[dict]) -> None:
     dumps = json.dumps
     conn.execute("BEGIN")
+    # the instant as the fixed-width UTC text within_db stores (it sorts chronologically)
     conn.executemany(INSERT_SQL, [(r["model_version"], r["request_id"], r["ad"], r["score"],
                                    dumps(r["features"]), r["latency_ms"],
-                                   r["created_at"].isoformat()) for r in rows])
+                                   r["created_at"].isoformat(" ", "microseconds"))
+                                  for r in rows])
     conn.execute("COMMIT")
 
 
