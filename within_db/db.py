@@ -42,9 +42,8 @@ __all__ = [
     "BUSY_TIMEOUT", "Backend", "BrokenForeignKeys", "BulkLoadFailed", "CONNECT_TIMEOUT",
     "DEFAULT_URL", "MAX_REPLICA_LAG", "PooledPostgresDatabase", "PostgresDatabase",
     "REPLICA_WAIT", "Replica", "SCHEMES", "SqliteDatabase", "backend", "bound", "connect",
-    "database", "get_db", "json_loads", "make_database", "read_your_writes", "reading", "redact_url",
-    "replica_read",
-    "write_transaction",
+    "database", "get_db", "json_loads", "make_database", "read_your_writes", "reading",
+    "redact_url", "replica_read", "write_transaction",
 ]
 
 log = logging.getLogger(__name__)
