@@ -13,6 +13,7 @@ from within_db.errors import ConflictError, PermissionDeniedError, ValidationErr
 from within_db.models.analytics import (
     Dashboard,
     DashboardWidget,
+    Report,
     ReportExport,
     SavedQuery,
     ScheduledReport,
@@ -533,3 +534,22 @@ def test_an_export_killed_mid_write_is_reaped(migrated_fresh_db, fresh_url, tmp_
         export = ReportExport.get()
     assert export.status == "failed" and export.error.startswith("StaleExport")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_reports_and_widgets_over_another_users_query_need_run_any(data):
+    owner, stranger = data["owner"], make_user()
+    query = svc.create_saved_query(owner, "mine", {"dataset": "campaign_performance",
+                                                   "metrics": ["clicks"]})
+    viz = svc.create_visualization(query, "kpi", "kpi")
+    board = svc.create_dashboard(stranger, "theirs")
+    with pytest.raises(PermissionDeniedError, match="analytics.run_any"):
+        svc.create_report(stranger, "borrowed", saved_query=query)
+    with pytest.raises(PermissionDeniedError, match="analytics.run_any"):
+        svc.add_widget(board, viz, 0, 0, 4, 4)
+    assert not Report.select().where(Report.owner == stranger.id).exists()
+    assert not DashboardWidget.select().where(DashboardWidget.dashboard == board.id).exists()
+    assert svc.create_report(owner, "own", saved_query=query).saved_query_id == query.id
+    create_role("analyst", ["analytics.run_any"])
+    grant_role(stranger, "analyst")
+    assert svc.create_report(stranger, "borrowed", saved_query=query).owner_id == stranger.id
+    assert svc.add_widget(board, viz, 0, 0, 4, 4).dashboard_id == board.id

@@ -80,6 +80,7 @@ class Visualization(TimestampedModel):
     """A chart over a saved query; deleted with the query."""
 
     saved_query = ForeignKeyField(SavedQuery, on_delete="CASCADE", backref="visualizations")
+    saved_query_id: int  # peewee's id accessor, declared for type checkers
     name = CharField(max_length=200)
     chart_type = CharField(max_length=16, choices=choices(CHART_TYPES))
     options = JSONField(default=dict)
@@ -114,6 +115,7 @@ class Dashboard(TimestampedModel):
     """A user's dashboard; (owner, name) unique."""
 
     owner = ForeignKeyField(User, on_delete="CASCADE", backref="dashboards", index=False)
+    owner_id: uuid.UUID  # peewee's id accessor, declared for type checkers
     name = CharField(max_length=200)
     description = TextField(default="")
     layout = JSONField(default=dict)

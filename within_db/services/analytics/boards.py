@@ -215,10 +215,19 @@ def _place(dashboard_id: int, box: tuple[int, int, int, int], ignore: int | None
 @public_api
 def add_widget(dashboard: Dashboard, visualization: Visualization, x: int, y: int,
                width: int, height: int) -> DashboardWidget:
-    """Place a visualization on a dashboard where it overlaps no other widget."""
+    """Place a visualization on a dashboard where it overlaps no other widget.
+
+    PermissionDeniedError when the visualization's query belongs to someone other than the
+    dashboard's owner and that owner lacks ``analytics.run_any`` (the board would show it).
+    """
     check.instance(dashboard, Dashboard, "dashboard")
     check.instance(visualization, Visualization, "visualization")
     _box(x, y, width, height)
+    query_owner = (SavedQuery.select(SavedQuery.owner)
+                   .where(SavedQuery.id == visualization.saved_query_id).scalar())
+    if query_owner is not None and query_owner != dashboard.owner_id \
+            and not has_permission(dashboard.owner, RUN_ANY):
+        raise PermissionDeniedError(f"showing another user's query on a dashboard needs {RUN_ANY}")
     with write_transaction():
         _place(dashboard.id, (x, y, width, height))
         return DashboardWidget.create(dashboard=dashboard, visualization=visualization,

@@ -21,7 +21,7 @@ from within_db import boundary as check
 from within_db.base import jsonable
 from within_db.boundary import public_api
 from within_db.db import database
-from within_db.errors import ValidationError, WithinDBError
+from within_db.errors import PermissionDeniedError, ValidationError, WithinDBError
 from within_db.fields import utcnow
 from within_db.integrity import conflict_on
 from within_db.models.analytics import (
@@ -38,12 +38,13 @@ from within_db.models.analytics import (
 )
 from within_db.models.users import User
 from within_db.services.analytics.boards import (
+    RUN_ANY,
     _name,
     _stamps,
     query_params,
     run_saved_query,
 )
-from within_db.services.users import token_digest, validate_email
+from within_db.services.users import has_permission, token_digest, validate_email
 
 __all__ = [
     "SHARE_PREFIX",
@@ -92,13 +93,20 @@ def create_report_template(name: str, description: str = "", parameters: dict | 
 def create_report(owner: User, name: str, saved_query: SavedQuery | None = None,
                   template: ReportTemplate | None = None, parameters: dict | None = None,
                   now: dt.datetime | None = None) -> Report:
-    """Create a report over a saved query (the owner's own, or one they may run)."""
+    """Create a report over a saved query (the owner's own, or one they may run).
+
+    PermissionDeniedError when the query belongs to someone else and the owner lacks
+    ``analytics.run_any``: a report would otherwise run it on their behalf later.
+    """
     check.instance(owner, User, "owner")
     _name(name, "report")
     check.optional_instance(saved_query, SavedQuery, "saved_query")
     check.optional_instance(template, ReportTemplate, "template")
     parameters = check.json_object(parameters, "parameters")
     stamps = _stamps(now)
+    if saved_query is not None and saved_query.owner_id != owner.id \
+            and not has_permission(owner, RUN_ANY):
+        raise PermissionDeniedError(f"a report over another user's query needs {RUN_ANY}")
     with database.atomic():
         return Report.create(owner=owner, saved_query=saved_query, template=template,
                              name=name.strip(), parameters=parameters, **stamps)
