@@ -52,8 +52,10 @@ def test_migrate_status_up_down(run):
     assert "applied 0001_initial" in result.stderr  # progress goes to stderr
     result = run("migrate", "status", "--format", "json")
     assert result.exit_code == 1
-    assert json.loads(result.stdout)[1] == {"name": "0002_audit_log_append_only",
-                                            "status": "pending", "file": "ok"}
+    first, second = json.loads(result.stdout)[:2]
+    assert second == {"name": "0002_audit_log_append_only", "status": "pending", "file": "ok",
+                      "applied_at": None}
+    assert first["status"] == "applied" and first["applied_at"].endswith("+00:00")
     assert "pending; run `within-db migrate up`" in result.stderr
     result = run("migrate", "up")
     assert result.exit_code == 0 and "applied 0002_audit_log_append_only" in result.stderr
@@ -286,3 +288,67 @@ def test_two_seeds_at_once_one_fills_the_other_says_it_holds_data(fresh_url):
     assert (ok, failed) == (0, 1), outcomes
     assert message.startswith("Error: the database already holds data (6 users)"), message
     assert message.count("\n") == 1
+
+
+def test_format_is_accepted_on_the_group_and_the_command(seeded):
+    for args in (["--format", "csv", "inspect", "rows", "users"],
+                 ["inspect", "--format", "csv", "rows", "users"],
+                 ["inspect", "rows", "users", "--format", "csv"],
+                 ["inspect", "--format", "json", "rows", "users", "--format", "csv"]):
+        result = seeded(*args)
+        assert result.exit_code == 0, result.output
+        assert result.stdout.startswith("id,created_at,updated_at,email,"), args
+    result = seeded("migrate", "--format", "csv", "status")
+    assert result.stdout.splitlines()[0] == "name,status,file,applied_at"
+
+
+def test_csv_always_has_a_header(seeded):
+    result = seeded("inspect", "rows", "users", "--where", "email=nobody@example.com",
+                    "--format", "csv")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("id,created_at,updated_at,email,")
+    assert result.stdout.count("\n") == 1
+    result = seeded("inspect", "schema", "users", "--format", "csv")
+    assert result.stdout.splitlines()[0] == "table,kind,name,detail,nullable,default"
+
+
+def test_inspect_user_csv_carries_the_user_on_every_row(seeded):
+    users = json.loads(seeded("inspect", "rows", "users", "--order", "email",
+                              "--format", "json").stdout)
+    email = users[0]["email"]
+    result = seeded("inspect", "user", email, "--format", "csv")
+    lines = result.stdout.splitlines()
+    assert lines[0] == "user_id,email,full_name,is_active,roles,campaign_id,campaign,platform," \
+        "status,created_at,ads"
+    assert len(lines) > 1 and all(f",{email}," in line for line in lines[1:])
+
+
+def test_money_is_shown_and_filtered_in_micros_under_its_column_name(seeded):
+    rows = json.loads(seeded("inspect", "rows", "campaigns", "--limit", "1",
+                             "--format", "json").stdout)
+    micros = rows[0]["total_budget_micros"]
+    assert isinstance(micros, int) and micros > 1_000_000
+    found = json.loads(seeded("inspect", "rows", "campaigns", "--where",
+                              f"total_budget_micros={micros}", "--format", "json").stdout)
+    assert [r["id"] for r in found] == [rows[0]["id"]]
+    units = seeded("inspect", "rows", "campaigns", "--where",
+                   f"total_budget_micros={micros / 1_000_000}")
+    assert units.exit_code == 2 and "whole number of micros" in units.stderr
+    owner = json.loads(seeded("inspect", "user", rows[0]["owner_id"], "--format", "json").stdout)
+    shown = {c["campaign"]["id"]: c["campaign"]["total_budget_micros"]
+             for c in owner["campaigns"]}
+    assert shown[rows[0]["id"]] == micros
+
+
+def test_inspect_schema_is_sorted_so_equal_databases_print_equal_output(seeded, databases):
+    documents = json.loads(seeded("inspect", "schema", "--format", "json").stdout)
+    for doc in documents:
+        for section, key in (("indexes", "name"), ("foreign_keys", "column"),
+                             ("checks", "name"), ("triggers", "name")):
+            names = [item[key] for item in doc[section]]
+            assert names == sorted(names), (doc["table"], section)
+    other = databases.new_url()
+    assert seeded("migrate", "up", url=other).exit_code == 0
+    for fmt in ("json", "csv", "table"):
+        assert seeded("inspect", "schema", "--format", fmt, url=other).stdout == \
+            seeded("inspect", "schema", "--format", fmt).stdout

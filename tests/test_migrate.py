@@ -323,3 +323,22 @@ def test_strict_migration_keeps_rows_triggers_and_indexes(fresh_db, backend):
     with fresh_db.connection_context():
         assert not any(t.strict for t in introspect.describe(fresh_db).values())
         assert User.get(User.email == "keep@example.com").is_superuser is True
+
+
+def test_applied_is_an_aware_utc_instant_and_older_rows_are_converted(fresh_db):
+    import datetime as dt
+
+    started = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    migrate.upgrade(fresh_db)
+    states = migrate.status(fresh_db)
+    assert all(s.applied_at.utcoffset() == dt.timedelta(0) for s in states)
+    assert all(started <= s.applied_at <= dt.datetime.now(dt.UTC) for s in states)
+    before = {s.name: s.applied_at for s in states}
+    # reverting 0004 stores the history as playhouse did (naive local time); applying it
+    # again converts those rows back
+    assert migrate.downgrade(fresh_db) == [SHIPPED[-1]]
+    assert SHIPPED[-1] == "0004_migration_history_in_utc"
+    migrate.upgrade(fresh_db)
+    after = {s.name: s.applied_at for s in migrate.status(fresh_db)}
+    assert {n: after[n] for n in SHIPPED[:-1]} == {n: before[n] for n in SHIPPED[:-1]}
+    assert after[SHIPPED[-1]].tzinfo is not None

@@ -7,6 +7,7 @@ advisory lock or an SQLite IMMEDIATE transaction. The drift check and the genera
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.resources
 import logging
 import re
@@ -16,11 +17,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import TypeAlias
 
+import peewee
 from playhouse.migrations import MigrationError as PlayhouseMigrationError
 from playhouse.migrations import Runner as PlayhouseRunner
 
 from within_db.db import Backend, BrokenForeignKeys, bound
 from within_db.errors import ArgumentError, ConfigurationError, MigrationError, NotMigratedError
+from within_db.fields import UTCDateTimeField, utcnow
 
 __all__ = [
     "ADVISORY_LOCK_KEY", "Directory", "HISTORY_TABLE", "MigrationState", "Runner", "create",
@@ -58,6 +61,7 @@ class Runner(PlayhouseRunner):
                 "--directory (WITHIN_DB_MIGRATIONS)")
         super().__init__(db, str(directory or migrations_dir()), table_name=HISTORY_TABLE)
         self.on_step = on_step
+        self.History = _history_model(db)
         self.migrator = db.schema_migrator()  # keeps STRICT tables and triggers on SQLite
 
     def up(self, target: str | None = None, fake: bool = False) -> list[str]:
@@ -92,6 +96,24 @@ class Runner(PlayhouseRunner):
             ) from exc
 
 
+def _history_model(db: Backend) -> type[peewee.Model]:
+    """playhouse's history model with ``applied`` as an aware UTC instant on both backends.
+
+    TIMESTAMPTZ on PostgreSQL, fixed-width UTC text on SQLite (0004 converts older rows,
+    which playhouse wrote as naive local time).
+    """
+    class History(peewee.Model):
+        name = peewee.CharField(unique=True)
+        applied = UTCDateTimeField(default=utcnow)
+
+        class Meta:
+            database = db
+            legacy_table_names = False
+            table_name = HISTORY_TABLE
+
+    return History
+
+
 def _translate(exc: PlayhouseMigrationError) -> MigrationError:
     return MigrationError(f"{exc}".rstrip(".") + "; run `within-db migrate status` to see names")
 
@@ -101,6 +123,8 @@ class MigrationState:
     name: str
     applied: bool
     file_missing: bool
+    #: when it was applied, an aware UTC datetime (None while pending)
+    applied_at: dt.datetime | None = None
 
 
 def status(db: Backend | None = None, directory: Directory = None) -> list[MigrationState]:
@@ -108,7 +132,8 @@ def status(db: Backend | None = None, directory: Directory = None) -> list[Migra
     runner = Runner(bound(db), directory)
     with runner.database.connection_context():
         rows = runner.status()
-    return [MigrationState(m.name, m.applied is not None, m.path is None) for m in rows]
+    return [MigrationState(m.name, m.applied is not None, m.path is None, m.applied)
+            for m in rows]
 
 
 def pending(db: Backend | None = None, directory: Directory = None) -> list[str]:

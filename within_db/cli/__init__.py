@@ -18,6 +18,7 @@ import peewee
 import psycopg2
 
 import within_db
+from within_db.cli.output import format_option
 from within_db.db import Backend
 from within_db.errors import WithinDBError
 from within_db.integrity import violation
@@ -137,10 +138,11 @@ def _database_error(exc: Exception) -> str:
               help="Streaming replica of a PostgreSQL database for the inspect commands "
                    "[env DATABASE_REPLICA_URL].")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+@format_option
 @click.version_option(within_db.__version__, "--version", prog_name="within-db")
 @click.pass_context
 def cli(ctx: click.Context, database_url: str | None, replica_url: str | None,
-        debug: bool) -> None:
+        debug: bool, fmt: str | None) -> None:
     """The within_db data layer: migrate, seed and inspect a database.
 
     \b

@@ -12,6 +12,7 @@ import click
 from within_db import migrate as migrations
 from within_db.cli.output import format_option, note, render, resolve
 from within_db.models import ALL_MODELS
+from within_db.models.campaigns import Campaign
 from within_db.schema import introspect
 from within_db.schema import rows as browse
 from within_db.schema.erd import mermaid, schema_markdown
@@ -63,7 +64,8 @@ def tables(settings: Settings, fmt: str | None) -> None:
       within-db inspect tables --format csv
     """
     rows, head = _read(settings, lambda db: (browse.table_counts(db), migrations.head(db)))
-    render(rows, fmt, document={"migration_head": head, "tables": rows})
+    render(rows, fmt, columns=["table", "rows"],
+           document={"migration_head": head, "tables": rows})
     if resolve(fmt) != "json":
         note(f"migration head: {head}")
 
@@ -87,10 +89,22 @@ def schema(settings: Settings, table: str | None, fmt: str | None) -> None:
     described = _read(settings, read)
     documents = [t.to_dict() for t in described.values()]
     if resolve(fmt) != "table":
-        rows = [dict(table=d["table"], kind="column", name=c["name"], detail=c["type"],
-                     nullable=c["nullable"], default=c["default"])
-                for d in documents for c in d["columns"]]
-        render(rows, fmt, document=documents)
+        rows = []
+        for d in documents:
+            rows += [dict(table=d["table"], kind="column", name=c["name"], detail=c["type"],
+                          nullable=c["nullable"], default=c["default"]) for c in d["columns"]]
+            rows += [dict(table=d["table"], kind="index", name=i["name"],
+                          detail=("UNIQUE " if i["unique"] else "") + f"({', '.join(i['columns'])})"
+                          + (f" WHERE {i['where']}" if i["where"] else "")) for i in d["indexes"]]
+            rows += [dict(table=d["table"], kind="foreign key", name=f["column"],
+                          detail=f"{f['ref_table']}.{f['ref_column']} ON DELETE {f['on_delete']}")
+                     for f in d["foreign_keys"]]
+            rows += [dict(table=d["table"], kind="check", name=c["name"], detail=c["expression"])
+                     for c in d["checks"]]
+            rows += [dict(table=d["table"], kind="trigger", name=t["name"], detail=t["definition"])
+                     for t in d["triggers"]]
+        render(rows, fmt, document=documents,
+               columns=["table", "kind", "name", "detail", "nullable", "default"])
         return
     for doc in documents:
         click.echo(f"\n{doc['table']} (primary key: {', '.join(doc['primary_key'])})")
@@ -130,9 +144,9 @@ def rows(settings: Settings, table: str, limit: int, where: tuple[str, ...], ord
         if not sep or not column:
             raise click.BadParameter(f"expected COLUMN=VALUE, got {item!r}", param_hint="--where")
         filters.append((column.strip(), value))
-    result = _read(settings, lambda db: browse.rows(db, table, filters=filters, order=order,
-                                                     limit=limit))
-    render(result, fmt)
+    columns, result = _read(settings, lambda db: browse.rows(db, table, filters=filters,
+                                                              order=order, limit=limit))
+    render(result, fmt, columns=columns)
 
 
 @inspect.command()
@@ -150,7 +164,8 @@ def user(settings: Settings, email_or_id: str, fmt: str | None) -> None:
         found = find_user(email_or_id)
         return found, role_names(found), get_user_campaigns(found.id) or []
 
-    found, roles, campaigns = _read(settings, read)
+    found, roles, listed = _read(settings, read)
+    campaigns = [dict(c, campaign=browse.present(Campaign, c["campaign"])) for c in listed]
     document = {"user": found.to_dict(), "roles": roles, "campaigns": campaigns}
     if resolve(fmt) == "json":
         render([], "json", document=document)
@@ -159,7 +174,13 @@ def user(settings: Settings, email_or_id: str, fmt: str | None) -> None:
                     status=c["campaign"]["status"], created_at=c["campaign"]["created_at"],
                     ads=len(c["ads"]), id=c["campaign"]["id"]) for c in campaigns]
     if resolve(fmt) == "csv":
-        render(summary, "csv")
+        # one table: every row carries the user (a user without campaigns is one row)
+        person = {"user_id": found.id, "email": found.email, "full_name": found.full_name,
+                  "is_active": found.is_active, "roles": " ".join(roles)}
+        columns = [*person, "campaign_id", "campaign", "platform", "status", "created_at",
+                   "ads"]
+        lines = [dict(person, campaign_id=s.pop("id"), **s) for s in summary] or [person]
+        render(lines, "csv", columns=columns)
         return
     click.echo(f"{found.full_name} <{found.email}>  id={found.id}  "
                f"active={found.is_active}  roles={', '.join(roles) or '-'}")

@@ -25,8 +25,9 @@ __all__ = ["migrate"]
               envvar="WITHIN_DB_MIGRATIONS",
               help="Migration scripts to use [env WITHIN_DB_MIGRATIONS; default: the ones "
                    "shipped with within_db].")
+@format_option
 @click.pass_obj
-def migrate(settings: Settings, directory: str | None) -> None:
+def migrate(settings: Settings, directory: str | None, fmt: str | None) -> None:
     """Apply, revert and check schema migrations.
 
     \b
@@ -50,8 +51,9 @@ def status(settings: Settings, fmt: str | None) -> None:
     states = api.status(settings.database(read_only=True), settings.migrations)
     rows = [{"name": s.name,
              "status": "applied" if s.applied else "pending",
-             "file": "missing" if s.file_missing else "ok"} for s in states]
-    render(rows, fmt)
+             "file": "missing" if s.file_missing else "ok",
+             "applied_at": s.applied_at} for s in states]
+    render(rows, fmt, columns=["name", "status", "file", "applied_at"])
     pending = [s.name for s in states if not s.applied]
     missing = [s.name for s in states if s.file_missing]
     if missing:

@@ -19,9 +19,19 @@ __all__ = ["FORMATS", "format_option", "note", "render", "resolve", "table"]
 
 FORMATS = ("table", "json", "csv")
 
+def _inherit(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # ctx.meta is shared by a command and its groups: a group's --format reaches the command
+    # unless the command gives its own
+    if value is not None:
+        ctx.meta["within_db.format"] = value
+        return value
+    found: str | None = ctx.meta.get("within_db.format")
+    return found
+
+
 format_option = click.option(
-    "--format", "fmt", type=click.Choice(FORMATS), default=None,
-    help="Output format [default: table on a terminal, json otherwise].",
+    "--format", "fmt", type=click.Choice(FORMATS), default=None, callback=_inherit,
+    help="Output format, here or on a group [default: table on a terminal, json otherwise].",
 )
 
 
@@ -62,7 +72,10 @@ def table(rows: list[dict], columns: list[str] | None = None, max_width: int = 6
 
 def render(rows: list[dict], fmt: str | None, columns: list[str] | None = None,
            document: Any = None) -> None:
-    """Print ``rows``; for json, print ``document`` instead when one is given."""
+    """Print ``rows``; for json, print ``document`` instead when one is given.
+
+    CSV always starts with its header: pass ``columns`` where ``rows`` may be empty.
+    """
     fmt = resolve(fmt)
     if fmt == "json":
         payload = jsonable(document if document is not None else rows)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from within_db.cli.output import note, render
+from within_db.cli.output import format_option, note, render
 from within_db.seed import DEFAULT_SEED, SCALES, Scale, run_seed
 
 if TYPE_CHECKING:
@@ -56,7 +56,8 @@ class _Progress:
 
     def _heartbeat(self) -> None:
         while not self.stop.wait(self.every):
-            self._line()
+            if self.done:  # silent while migrating or waiting for another seed's lock
+                self._line()
 
     def _bar(self, phase: str) -> Any:
         if phase not in self.bars:
@@ -95,8 +96,7 @@ def _parse_counts(values: tuple[str, ...]) -> dict[str, int]:
               help="Random seed: the same seed and scale give identical data.")
 @click.option("--reset", is_flag=True, help="Drop and rebuild the schema first (loses data).")
 @click.option("--append", is_flag=True, help="Add to a database that already holds data.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None,
-              help="Format of the summary [default: table on a terminal, json otherwise].")
+@format_option
 @click.pass_obj
 def seed(settings: Settings, scale: str, counts: tuple[str, ...], seed: int, reset: bool,
          append: bool, fmt: str | None) -> None:
@@ -124,6 +124,7 @@ def seed(settings: Settings, scale: str, counts: tuple[str, ...], seed: int, res
         progress.close()
     rows = [{"table": t, "rows": n, "added": summary["added"].get(t, 0)}
             for t, n in summary["tables"].items()]
-    render(rows, fmt, document={"seconds": summary["seconds"], "tables": rows})
+    render(rows, fmt, columns=["table", "rows", "added"],
+           document={"seconds": summary["seconds"], "tables": rows})
     note(f"seeded {sum(summary['added'].values()):,} rows in {summary['seconds']}s "
          f"(scale {scale}, seed {seed})")

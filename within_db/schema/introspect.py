@@ -61,15 +61,18 @@ class Table:
     strict: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """Columns in table order; indexes, foreign keys, CHECKs and triggers sorted by name,
+        so equal schemas give equal documents whatever order the catalogue returns."""
         return {
             "table": self.name,
             "strict": self.strict,
             "primary_key": list(self.primary_key),
             "columns": [vars(c) for c in self.columns.values()],
-            "indexes": [dict(vars(i), columns=list(i.columns)) for i in self.indexes.values()],
-            "foreign_keys": [vars(f) for f in self.foreign_keys.values()],
-            "checks": [{"name": k, "expression": v} for k, v in self.checks.items()],
-            "triggers": [{"name": k, "definition": v} for k, v in self.triggers.items()],
+            "indexes": [dict(vars(i), columns=list(i.columns))
+                        for _, i in sorted(self.indexes.items())],
+            "foreign_keys": [vars(f) for _, f in sorted(self.foreign_keys.items())],
+            "checks": [{"name": k, "expression": v} for k, v in sorted(self.checks.items())],
+            "triggers": [{"name": k, "definition": v} for k, v in sorted(self.triggers.items())],
         }
 
 

@@ -13,11 +13,11 @@ import peewee
 
 from within_db.db import Backend
 from within_db.errors import ArgumentError, ValidationError
-from within_db.fields import codec_of
+from within_db.fields import MoneyField, codec_of
 from within_db.models import ALL_MODELS
 from within_db.schema import introspect
 
-__all__ = ["rows", "table_counts"]
+__all__ = ["present", "rows", "table_counts"]
 
 MODELS = {m._meta.table_name: m for m in ALL_MODELS}
 
@@ -29,9 +29,30 @@ def table_counts(db: Backend) -> list[dict[str, Any]]:
         return [{"table": t, "rows": peewee.Table(t).bind(db).select().count()} for t in names]
 
 
+def _is_money(field: peewee.Field | None) -> bool:
+    return isinstance(field, MoneyField)
+
+
+def present(model: type[peewee.Model], row: dict[str, Any]) -> dict[str, Any]:
+    """Return ``row`` (a model's ``to_dict()``) as the CLI shows it: money in micros.
+
+    Money columns are named ``*_micros``, so the CLI shows the stored integer micros under
+    that name (1 unit = 1,000,000 micros), and ``--where`` takes the same form.
+    """
+    fields = {f.column_name: f for f in model._meta.sorted_fields if _is_money(f)}
+    return {k: fields[k].db_value(v) if k in fields and v is not None else v
+            for k, v in row.items()}
+
+
 def _coerce(field: peewee.Field | None, column: str, value: str) -> Any:
     if field is None:
         return value
+    if _is_money(field):
+        text = value.strip()
+        if not text.lstrip("-").isdigit():
+            raise ArgumentError(f'--where {column}: "{value}" is not a whole number of micros '
+                                "(money is shown and filtered in micros: 1 unit = 1,000,000)")
+        return int(text)
     codec = codec_of(field)
     if codec.python_type is object:
         return value
@@ -46,10 +67,11 @@ def _coerce(field: peewee.Field | None, column: str, value: str) -> Any:
 
 
 def rows(db: Backend, table: str, filters: Iterable[tuple[str, str]] = (),
-         order: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-    """Return up to ``limit`` rows of ``table`` matching every ``column = value`` filter.
+         order: str | None = None, limit: int = 20) -> tuple[list[str], list[dict[str, Any]]]:
+    """Return the shown columns and up to ``limit`` rows of ``table`` matching every filter.
 
-    Raises ArgumentError naming the valid tables or columns for an unknown name.
+    Money columns hold integer micros, as stored. Raises ArgumentError naming the valid
+    tables or columns for an unknown name, or a value that does not fit its column.
     """
     with db.connection_context():
         introspect.require_table(db, table)
@@ -64,14 +86,15 @@ def rows(db: Backend, table: str, filters: Iterable[tuple[str, str]] = (),
             introspect.require_column(live, column)
             field = fields.get(column)
             converted = _coerce(field, column, value)
-            bound = field.db_value(converted) if field is not None else converted
+            bound = converted if field is None or _is_money(field) else \
+                field.db_value(converted)
             query = query.where(peewee.Column(source, column) == bound)
         if order:
             column = introspect.require_column(live, order.lstrip("-"))
             query = query.order_by(peewee.Column(source, column).desc() if order.startswith("-")
                                    else peewee.Column(source, column).asc())
+        readers = {c: f.python_value for c, f in fields.items() if not _is_money(f)}
         results = []
         for row in query.limit(limit).dicts():
-            results.append({c: fields[c].python_value(v) if c in fields else v
-                            for c, v in row.items()})
-        return results
+            results.append({c: readers[c](v) if c in readers else v for c, v in row.items()})
+        return shown, results
