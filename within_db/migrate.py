@@ -99,7 +99,7 @@ class Runner(PlayhouseRunner):
 def _history_model(db: Backend) -> type[peewee.Model]:
     """playhouse's history model with ``applied`` as an aware UTC instant on both backends.
 
-    TIMESTAMPTZ on PostgreSQL, fixed-width UTC text on SQLite (0004 converts older rows,
+    TIMESTAMPTZ on PostgreSQL, fixed-width UTC text on SQLite (0005 converts older rows,
     which playhouse wrote as naive local time).
     """
     class History(peewee.Model):
