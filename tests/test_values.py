@@ -17,7 +17,7 @@ from within_db.fields import TEXT_MAX_LENGTH, codec_of
 from within_db.models import ALL_MODELS
 from within_db.models.campaigns import Campaign
 from within_db.models.ml_system import PredictionLog
-from within_db.models.users import Credential, User
+from within_db.models.users import Credential, Permission, User
 from within_db.services import ml_system as ml
 from within_db.services import users
 
@@ -319,3 +319,19 @@ def test_codecs_parse_cli_text(field, text, value):
 def test_codecs_refuse_bad_cli_text(field, text):
     with pytest.raises(ValidationError):
         codec_of(field).parse(text)
+
+
+def test_a_model_instance_is_refused_outside_foreign_keys(db):
+    # peewee renders an instance as its primary key and skips db_value for it
+    permission = Permission.create(codename="reports.view")
+    user = User.create(email="owner@example.com")
+    for write in (lambda: User.create(email="x@example.com", is_superuser=permission),
+                  lambda: User.insert(email="y@example.com", full_name=permission).execute(),
+                  lambda: User.update(is_active=permission).execute()):
+        with pytest.raises(ValidationError, match="expected a value, got a Permission"):
+            write()
+    user.is_superuser = permission
+    with pytest.raises(ValidationError, match="User.is_superuser"):
+        user.save()
+    assert User.select().count() == 1
+    assert User.get_by_id(user.id).is_superuser is False and User.get_by_id(user.id).is_active

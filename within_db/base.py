@@ -15,6 +15,7 @@ import peewee
 from playhouse.migrate import SqliteMigrator
 
 from within_db.db import database
+from within_db.errors import ValidationError
 from within_db.fields import AutoField, UTCDateTimeField, codec_of, utcnow
 
 __all__ = [
@@ -81,6 +82,21 @@ class BaseModel(peewee.Model):
         database = database
         legacy_table_names = False
         model_metadata_class = _Metadata  # STRICT tables where the database has them
+
+    @classmethod
+    def _normalize_data(cls, data: Any, kwargs: dict[str, Any]) -> Any:
+        # peewee renders a model instance as its primary key wherever it appears, and skips
+        # the field's db_value for it (a model is a Node): is_superuser=<a Permission> would
+        # store True. Instances belong only in foreign keys (save, create, insert, update).
+        normalized = super()._normalize_data(data, kwargs)  # type: ignore[misc]
+        if isinstance(normalized, dict):
+            for field, value in normalized.items():
+                if isinstance(value, peewee.Model) and isinstance(field, peewee.Field) \
+                        and not isinstance(field, peewee.ForeignKeyField):
+                    label = f"{cls.__name__}.{field.name}"
+                    raise ValidationError(f"{label}: expected a value, got a "
+                                          f"{type(value).__name__} instance")
+        return normalized
 
     @classmethod
     def public_fields(cls) -> list[peewee.Field]:
