@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import os
 import platform
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -30,9 +31,10 @@ import within_db
 from within_db import batch, migrate
 from within_db.models.campaigns import Ad, Campaign
 from within_db.models.ml_system import MLModel, ModelVersion, PredictionLog
-from within_db.models.users import User
+from within_db.models.users import AuditLog, User
 from within_db.repositories import CampaignRepository, PredictionLogRepository
 from within_db.repositories.ml import VIEW_PREDICTIONS
+from within_db.services.audit import GENESIS, row_digest, verify_audit_chain
 from within_db.services.campaigns import get_user_campaigns
 
 UTC = dt.UTC
@@ -203,7 +205,8 @@ def naive_user_campaigns(user_id) -> list:
 # -- one backend --------------------------------------------------------------------------------
 
 
-def bench_backend(name: str, url: str, dsn_or_path: str, n: int, repeat: int) -> list[tuple]:
+def bench_backend(name: str, url: str, dsn_or_path: str, n: int, repeat: int,
+                  audit_rows: int = 0) -> list[tuple]:
     db = within_db.connect(url)
     migrate.upgrade(db)
     conn = (raw_sqlite_connection(dsn_or_path) if name == "sqlite"
@@ -296,9 +299,61 @@ def bench_backend(name: str, url: str, dsn_or_path: str, n: int, repeat: int) ->
         results.append((name, "user campaigns", "CampaignRepository.user_campaigns (schemas)",
                         t_repo, t_repo / t_raw, "", q_repo.count))
         results += bench_pages(name, version.id, reader, n, repeat)
+        if audit_rows:
+            results += bench_audit(name, conn, audit_rows, repeat)
     conn.close()
     db.close()
     return results
+
+
+# -- the audit chain (issue 14) -----------------------------------------------------------------
+
+AUDIT_SQL = ("SELECT id, actor_id, action, target_type, target_id, metadata, ip, created_at, "
+             "prev_hash, row_hash FROM audit_logs ORDER BY id")
+
+
+def audit_chain_rows(n: int):
+    """A valid chain of ``n`` events with typical metadata, hashed as record_event would."""
+    prev = GENESIS
+    for i in range(n):
+        created = BASE + dt.timedelta(seconds=i)
+        metadata = {"reason": "password" if i % 3 else "locked", "attempt": i % 5}
+        digest = row_digest(prev, None, "login.failure", "users", str(i), metadata, "10.0.0.1",
+                            created)
+        yield {"action": "login.failure", "target_type": "users", "target_id": str(i),
+               "metadata": metadata, "ip": "10.0.0.1", "created_at": created,
+               "prev_hash": prev, "row_hash": digest}
+        prev = digest
+
+
+def raw_fetch(conn) -> int:
+    """The floor: fetch every audit row through the driver, hash nothing."""
+    count = 0
+    if isinstance(conn, sqlite3.Connection):
+        cursor = conn.execute(AUDIT_SQL)
+        while rows := cursor.fetchmany(2000):
+            count += len(rows)
+        return count
+    with conn, conn.cursor(name="bench_audit") as cursor:
+        cursor.itersize = 2000
+        cursor.execute(AUDIT_SQL)
+        while rows := cursor.fetchmany(2000):
+            count += len(rows)
+    return count
+
+
+def bench_audit(name: str, conn, n: int, repeat: int) -> list[tuple]:
+    """verify_audit_chain over ``n`` rows: seconds, rows/s and peak traced memory."""
+    batch.bulk_insert(AuditLog, audit_chain_rows(n))
+    report = verify_audit_chain()
+    assert report.ok and report.checked >= n, report
+    t_raw = timed(lambda: raw_fetch(conn), repeat)
+    t_ours = timed(verify_audit_chain, repeat)
+    mem = peak_mb(verify_audit_chain)
+    return [(name, "audit verify", f"raw fetchmany, no hashing ({n / t_raw:,.0f} rows/s)",
+             t_raw, 1.0, "", ""),
+            (name, "audit verify", f"within_db verify_audit_chain ({n / t_ours:,.0f} rows/s)",
+             t_ours, t_ours / t_raw, f"{mem:.1f}", "")]
 
 
 PAGE = 20
@@ -357,6 +412,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--audit-rows", type=int, default=300_000,
+                        help="audit events for the verify_audit_chain section (0: skip it)")
     parser.add_argument("--postgres-url", default=os.environ.get(
         "WITHIN_DB_TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test"))
     args = parser.parse_args()
@@ -364,14 +421,15 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "bench.db")
-        results += bench_backend("sqlite", f"sqlite:///{path}", path, args.rows, args.repeat)
+        results += bench_backend("sqlite", f"sqlite:///{path}", path, args.rows, args.repeat,
+                                 args.audit_rows)
     admin = psycopg2.connect(args.postgres_url)
     admin.autocommit = True
     name = f"within_bench_{uuid.uuid4().hex[:8]}"
     admin.cursor().execute(f'CREATE DATABASE "{name}"')
     try:
         url = args.postgres_url.rpartition("/")[0] + "/" + name
-        results += bench_backend("postgres", url, url, args.rows, args.repeat)
+        results += bench_backend("postgres", url, url, args.rows, args.repeat, args.audit_rows)
     finally:
         within_db.database.obj.close()
         admin.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -173,6 +173,8 @@ VALID: dict[str, Callable[[World], dict[str, Any]]] = {
     "audit.record_event": lambda w: {"actor": w.user, "action": "test.event",
                                      "target": w.campaign},
     "audit.verify_audit_chain": lambda w: {},
+    "audit.checkpoint": lambda w: {"key": "boundary-test-key-0123456789abcdef"},
+    "audit.audit_key": lambda w: {"key": "boundary-test-key-0123456789abcdef"},
     "audit.row_digest": lambda w: {"prev_hash": "0" * 64, "actor_id": None, "action": "a",
                                    "target_type": None, "target_id": None, "metadata": {},
                                    "ip": None, "created_at": NOW},

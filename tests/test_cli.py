@@ -176,8 +176,9 @@ def test_inspect_schema_reads_the_live_database(seeded):
     fks = {f["column"]: f["on_delete"] for f in doc["foreign_keys"]}
     assert fks == {"model_id": "CASCADE", "training_job_id": "SET NULL"}
     audit = json.loads(seeded("inspect", "schema", "audit_logs", "--format", "json").stdout)[0]
-    assert audit["triggers"] and all("audit_logs_append_only" in t["definition"] or
-                                     "append-only" in t["definition"] for t in audit["triggers"])
+    assert audit["triggers"] and all(
+        "audit_logs_append_only" in t["definition"] or "RAISE(ABORT" in t["definition"]
+        for t in audit["triggers"])
     table = seeded("inspect", "schema", "campaigns", "--format", "table")
     assert "campaigns_currency_check" in table.stdout and "owner_id" in table.stdout
 

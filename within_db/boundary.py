@@ -313,7 +313,12 @@ def json_value(value: object, name: str, *, max_bytes: int = MAX_JSON_BYTES) -> 
     except (TypeError, ValueError, RecursionError):
         raise ValidationError(f"{name} must hold only JSON values (text, numbers, booleans, "
                               "null, lists and objects with text keys; no NaN)") from None
-    if len(encoded.encode("utf-8")) > max_bytes:
+    try:
+        size = len(encoded.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValidationError(f"{name} contains an unpaired surrogate, which UTF-8 cannot "
+                              "encode") from None
+    if size > max_bytes:
         raise ValidationError(f"{name} is larger than {max_bytes // 1024} KiB as JSON")
     result = json.loads(encoded)
     _nul_free(result, name)

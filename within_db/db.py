@@ -591,6 +591,8 @@ class SqliteDatabase(_Shared, _Reads, peewee.SqliteDatabase):
     """
 
     kind = "sqlite"
+    #: no roles or privileges: whoever can open the file can do anything
+    has_roles = False
     context_class = _StrictTypesContext
     #: the driver returns JSON, instants and dates as text, booleans as 0/1
     native_json = False
@@ -801,6 +803,10 @@ class SqliteDatabase(_Shared, _Reads, peewee.SqliteDatabase):
         finally:
             cursor.close()
 
+    def instant_text(self, column: Any) -> Any:
+        """Return a timestamp column as the fixed-width UTC text ``fields.format_utc`` writes."""
+        return column  # stored that way
+
     def date_text(self, column: Any, grain: str) -> Any:
         """Return ``column`` truncated to ``grain`` (day, week, month) as ``YYYY-MM-DD`` text."""
         if grain == "day":
@@ -874,6 +880,7 @@ class _PostgresBackend(_Reads, peewee.PostgresqlDatabase):
     """
 
     kind = "postgres"
+    has_roles = True
     #: psycopg2 decodes jsonb and returns aware datetimes, dates and booleans
     native_json = True
     native_datetimes = True
@@ -1104,6 +1111,11 @@ class _PostgresBackend(_Reads, peewee.PostgresqlDatabase):
                         psycopg2.extensions.TRANSACTION_STATUS_INTRANS:
                     cursor.execute(f'CLOSE "{name}"')
                 cursor.close()
+
+    def instant_text(self, column: Any) -> Any:
+        """Return a timestamp column as the fixed-width UTC text ``fields.format_utc`` writes."""
+        return peewee.fn.to_char(peewee.fn.timezone("UTC", column),
+                                 'YYYY-MM-DD HH24:MI:SS.US"+00:00"')
 
     def date_text(self, column: Any, grain: str) -> Any:
         """Return ``column`` truncated to ``grain`` (day, week, month) as ``YYYY-MM-DD`` text."""

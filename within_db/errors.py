@@ -87,3 +87,8 @@ class BulkInsertError(WithinDBError):
         super().__init__(message)
         self.position = position
         self.constraint = constraint
+
+
+class AuditChainError(WithinDBError):
+    """The audit log failed verification: a row was changed, removed or inserted, or a signed
+    checkpoint's head is missing or different."""

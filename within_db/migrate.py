@@ -22,7 +22,13 @@ from playhouse.migrations import MigrationError as PlayhouseMigrationError
 from playhouse.migrations import Runner as PlayhouseRunner
 
 from within_db.db import Backend, BrokenForeignKeys, bound
-from within_db.errors import ArgumentError, ConfigurationError, MigrationError, NotMigratedError
+from within_db.errors import (
+    ArgumentError,
+    ConfigurationError,
+    MigrationError,
+    NotMigratedError,
+    WithinDBError,
+)
 from within_db.fields import UTCDateTimeField, utcnow
 
 __all__ = [
@@ -66,6 +72,10 @@ class Runner(PlayhouseRunner):
 
     def up(self, target: str | None = None, fake: bool = False) -> list[str]:
         with self.database.connection_context(), self.database.migration_lock(ADVISORY_LOCK_KEY):
+            if not any(m.path is not None and not m.applied for m in self.status()):
+                # nothing to apply, so no CREATE TABLE IF NOT EXISTS for the history either:
+                # a least-privilege role (see within_db.roles) may call this and the seed
+                return []
             return super().up(target, fake)
 
     def down(self, target: str | None = None) -> list[str]:
@@ -89,6 +99,9 @@ class Runner(PlayhouseRunner):
                 f"{name} ({direction}) left rows with broken foreign keys in {exc.tables}; "
                 "it was rolled back"
             ) from None
+        except WithinDBError as exc:  # a script that refuses says why
+            raise MigrationError(f"{name} ({direction}) refused and was rolled back: {exc}") \
+                from None
         except Exception as exc:  # the transaction scope above has rolled back; re-raised
             raise MigrationError(
                 f"{name} ({direction}) failed with {type(exc).__name__} and was rolled back; "

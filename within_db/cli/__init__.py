@@ -159,9 +159,11 @@ def cli(ctx: click.Context, database_url: str | None, replica_url: str | None,
 
 
 def _register() -> None:
-    from within_db.cli import inspect, migrate, seed
+    from within_db.cli import audit, inspect, migrate, roles, seed
 
+    cli.add_command(audit.audit)
     cli.add_command(migrate.migrate)
+    cli.add_command(roles.roles)
     cli.add_command(inspect.inspect)
     cli.add_command(seed.seed)
 
