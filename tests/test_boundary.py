@@ -227,6 +227,8 @@ VALID: dict[str, Callable[[World], dict[str, Any]]] = {
         {"model_version": w.version.id, "request_id": "b1", "score": 0.1}]},
     "batch.stream": lambda w: {"query": User.select().dicts()},
     "batch.to_dataframe": lambda w: {"query": User.select()},
+    "batch.partitions": lambda w: {"query": PredictionLog.select(), "n": 2},
+    "batch.to_dask": lambda w: {"query": PredictionLog.select(), "npartitions": 2},
 }
 
 # (function, parameter) -> kinds of "bad" value that are in fact acceptable there, and why.

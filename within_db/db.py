@@ -462,6 +462,15 @@ class _Reads(peewee.Database):
         """
         return None
 
+    def read_position(self) -> str | None:
+        """Return what this thread's replica reads wait for now: ``write_position()`` inside
+        ``read_your_writes()``, else None (hand it to readers in other processes)."""
+        return self.write_position() if getattr(self._reads_local(), "ryw", 0) else None
+
+    def portable_url(self) -> str:
+        """Return the URL another process opens to reach this same database."""
+        raise NotImplementedError
+
     @contextlib.contextmanager
     def read_your_writes(self, timeout: float | None = None,
                          after: str | None = None) -> Iterator[None]:
@@ -684,6 +693,15 @@ class SqliteDatabase(_Shared, _Reads, peewee.SqliteDatabase):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+    def portable_url(self) -> str:
+        """Return this file's URL with an absolute path; ConfigurationError when in memory."""
+        if self.keeps_connection:
+            raise ConfigurationError(
+                "an in-memory SQLite database lives in this process only; other processes "
+                "(Dask workers) need a file: use sqlite:////absolute/path/within.db")
+        query = self.url.partition("?")[2]
+        return f"sqlite:///{os.path.abspath(self.database)}" + (f"?{query}" if query else "")
 
     def use_replica(self, url: str, max_lag: float = MAX_REPLICA_LAG,
                     wait: float = REPLICA_WAIT, **options: Any) -> None:
@@ -927,6 +945,10 @@ class _PostgresBackend(_Reads, peewee.PostgresqlDatabase):
                 "postgresql://user@replica-host:5432/dbname")
         options.setdefault("connect_timeout", _REPLICA_CONNECT_TIMEOUT)
         self.replica = Replica(make_database(url, **options), float(max_lag), float(wait))
+
+    def portable_url(self) -> str:
+        """Return the URL another process opens to reach this same database: its own."""
+        return self.url
 
     def commit(self) -> Any:
         result = super().commit()
