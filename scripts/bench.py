@@ -408,6 +408,89 @@ def bench_pages(name: str, version_id: int, reader: User, n: int, repeat: int) -
              t_off_last / t_first, "", 1)]
 
 
+# -- scaling out: replica reads, read-your-writes waits, Dask ----------------------------------
+
+
+def _wait_for_database(url: str) -> None:
+    for _ in range(600):  # a database created on the primary reaches the replica shortly after
+        db = within_db.db.make_database(url)
+        try:
+            db.connect()
+            return
+        except within_db.errors.DatabaseUnavailableError:
+            time.sleep(0.1)
+        finally:
+            db.close()
+    raise SystemExit(f"no database at {url} after 60 s: is the replica streaming?")
+
+
+def _dask_rows_per_second(frame_of, n: int, workers: int, repeat: int) -> float:
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=workers, processes=True, threads_per_worker=1,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        def run() -> None:
+            frame = frame_of(2 * workers)
+            assert client.compute(frame.map_partitions(len).sum(), sync=True) == n
+
+        return n / timed(run, repeat)
+
+
+def bench_scaling(name: str, url: str, replica: str | None, n: int,
+                  repeat: int) -> list[tuple]:
+    """Replica reads against the primary, read_your_writes waits, to_dask against
+    to_dataframe. Rows: (backend, measure, path, value, unit)."""
+    db = within_db.connect(url, replica=replica)
+    migrate.upgrade(db)
+    out = []
+    owner = User.create(email=f"scale-{uuid.uuid4().hex[:8]}@example.com")
+    for i in range(20):
+        Campaign.create(owner=owner, name=f"c{i}", objective="sales", platform="meta",
+                        start_date=dt.date(2026, 1, 1))
+    model = MLModel.create(name=f"scale-{uuid.uuid4().hex[:8]}", task="classification")
+    version = ModelVersion.create(model=model, version=1, artifact_uri="s3://bench")
+    batch.bulk_insert(PredictionLog, prediction_rows(n, version.id, "scale"))
+    query = PredictionLog.select()
+    if replica:
+        primary_only = within_db.db.make_database(url)
+        with db.read_your_writes():  # the replica has every row before anything is timed
+            assert db.for_reads() is db.replica.db, "the replica is not usable"
+        reps = max(repeat, 50)
+        for label, target in (("primary", primary_only), ("replica", db)):
+            within_db.database.initialize(target)
+            small = timed(lambda: get_user_campaigns(owner.id), reps)
+            scan = timed(lambda: sum(1 for _ in batch.stream(query.tuples())), repeat)
+            out += [(name, "get_user_campaigns (20 campaigns)", label, small * 1e3, "ms"),
+                    (name, f"stream {n:,} rows", label, scan, "s")]
+        within_db.database.initialize(db)
+        waits, fallbacks = [], 0
+        for i in range(500):
+            User.create(email=f"ryw-{i}-{uuid.uuid4().hex[:6]}@example.com")
+            start = time.perf_counter()
+            with db.read_your_writes():
+                fallbacks += db.for_reads() is db
+            waits.append(time.perf_counter() - start)
+        waits.sort()
+        out += [(name, "read_your_writes after a write (500)", "median wait",
+                 statistics.median(waits) * 1e3, "ms"),
+                (name, "read_your_writes after a write (500)", "p99 wait",
+                 waits[int(len(waits) * 0.99) - 1] * 1e3, "ms"),
+                (name, "read_your_writes after a write (500)", "read from the primary",
+                 fallbacks, "reads")]
+        primary_only.close()
+    t_frame = timed(lambda: batch.to_dataframe(query), repeat)
+    out.append((name, f"read {n:,} prediction logs", "to_dataframe, one process", n / t_frame,
+                "rows/s"))
+    for workers in (1, 2):
+        with db.read_your_writes():
+            rate = _dask_rows_per_second(lambda parts: batch.to_dask(query, parts), n, workers,
+                                         repeat)
+        out.append((name, f"read {n:,} prediction logs",
+                    f"to_dask, {workers} worker{'s' if workers > 1 else ''}", rate, "rows/s"))
+    db.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
@@ -416,7 +499,17 @@ def main() -> None:
                         help="audit events for the verify_audit_chain section (0: skip it)")
     parser.add_argument("--postgres-url", default=os.environ.get(
         "WITHIN_DB_TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test"))
+    parser.add_argument("--replica-url", default=os.environ.get(
+        "WITHIN_DB_TEST_REPLICA_URL", "postgresql://root@127.0.0.1:5433/test"),
+        help="streaming replica of --postgres-url's server (scripts/ensure_replica.sh)")
+    parser.add_argument("--only", choices=("all", "drivers", "scaling"), default="all",
+                        help="drivers: within_db against the raw drivers; scaling: replica "
+                             "reads, read_your_writes and Dask (needs the dask extra)")
     args = parser.parse_args()
+    if args.only != "drivers":
+        bench_scaling_main(args)
+    if args.only == "scaling":
+        return
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -444,6 +537,35 @@ def main() -> None:
         secs = f"{seconds:.3f}" if seconds >= 0.1 else f"{seconds:.5f}"
         print(f"| {backend} | {op} | {path} | {secs} | {shown} | {mem} | {queries} |")
 
+
+
+def bench_scaling_main(args: argparse.Namespace) -> None:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        results += bench_scaling("sqlite", f"sqlite:///{os.path.join(tmp, 'scale.db')}", None,
+                                 args.rows, args.repeat)
+    admin = psycopg2.connect(args.postgres_url)
+    admin.autocommit = True
+    name = f"within_bench_{uuid.uuid4().hex[:8]}"
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = args.postgres_url.rpartition("/")[0] + "/" + name
+        replica = args.replica_url.rpartition("/")[0] + "/" + name
+        _wait_for_database(replica)
+        results += bench_scaling("postgres", url, replica, args.rows, args.repeat)
+    finally:
+        within_db.database.obj.close()
+        admin.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.close()
+    print(f"Scaling out: {args.rows:,} rows, median of {args.repeat}; {dt.date.today()}, "
+          f"{platform.machine()} {os.cpu_count()} cores, Python {sys.version.split()[0]}\n")
+    print("| backend | measure | path | value | unit |")
+    print("|---|---|---|---:|---|")
+    for backend, measure, path, value, unit in results:
+        shown = f"{value:,.0f}" if unit == "rows/s" else (
+            f"{value}" if unit == "reads" else f"{value:.3f}")
+        print(f"| {backend} | {measure} | {path} | {shown} | {unit} |")
+    print()
 
 
 if __name__ == "__main__":
