@@ -21,7 +21,7 @@ from within_db import boundary as check
 from within_db.boundary import public_api
 from within_db.db import Backend, BulkLoadFailed, bound, database, make_database, redact_url
 from within_db.errors import BulkInsertError, ConfigurationError, ValidationError
-from within_db.fields import INLINE_ENV, codec_of, copy_escape
+from within_db.fields import INLINE_ENV, SafeText, codec_of, copy_escape
 from within_db.integrity import violation
 from within_db.models import ALL_MODELS
 
@@ -57,7 +57,7 @@ _END = object()
 
 # COPY text of an inline storage value, by its Python type (``{}`` is the value's source)
 _COPY_INLINE = {
-    int: "{v}", float: "{v}",  # %s renders ints as digits and floats as repr()
+    int: "{v}", float: "{v}", SafeText: "{v}",  # f-strings render ints and floats as repr()
     bool: "('t' if {v} else 'f')",
     str: "({y} if '\\\\' not in ({y} := {v}) and '\\t' not in {y} and '\\n' not in {y} "
          "and '\\r' not in {y} else _esc({y}))",
@@ -144,9 +144,8 @@ class _Converters:
         lines += reads or ["        pass"]
         lines += ["    except (KeyError, IndexError, TypeError):", "        return _other(r)"]
         lines += convert_lines
-        if self.text:
-            env["_line"] = "\t".join(["%s"] * len(values)) + "\n"
-            lines.append("    return _line % (" + ", ".join(values) + ",)")
+        if self.text:  # an f-string of plain names: {v} is the value's str(), i.e. repr()
+            lines.append("    return f'" + "\\t".join("{" + v + "}" for v in values) + "\\n'")
         else:
             lines.append("    return (" + ", ".join(values) + ",)")
         exec("\n".join(lines), env)  # noqa: S102 - generated from field metadata only, see above

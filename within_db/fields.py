@@ -25,7 +25,7 @@ __all__ = [
     "AutoField", "BigAutoField", "BigIntegerField", "BoolCodec", "BooleanField", "CharField",
     "Codec", "CodecField", "DateCodec", "DateField", "DoubleField", "EmailCodec", "EmailField",
     "FloatCodec", "ForeignKeyField", "INLINE_ENV", "InstantCodec", "IntCodec", "IntegerField",
-    "JSONCodec", "JSONField", "MAX_MICROS", "MICROS", "MoneyCodec", "MoneyField",
+    "JSONCodec", "JSONField", "MAX_MICROS", "MICROS", "MoneyCodec", "MoneyField", "SafeText",
     "TEXT_MAX_LENGTH", "TextCodec", "TextField", "UTC", "UTCDateTimeField", "UUIDCodec",
     "UUIDField", "codec_of", "copy_escape", "copy_text", "format_utc", "normalise_email",
     "storage_field", "to_micros", "utcnow",
@@ -91,12 +91,11 @@ def normalise_email(value: str) -> str:
 
 # -- COPY text ------------------------------------------------------------------------------
 
-_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
 def copy_escape(text: str) -> str:
     """Escape text for PostgreSQL's COPY text format (backslash, tab, newline, CR)."""
-    return text.translate(_ESCAPES)
+    if "\\" in text:
+        text = text.replace("\\", "\\\\")
+    return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _copy_bool(value: bool) -> str:
@@ -124,6 +123,11 @@ def copy_text(value: Any) -> str:
 # -- codecs ---------------------------------------------------------------------------------
 
 
+class SafeText(str):
+    """Marks inline text made by a value's own formatter (``UUID.hex``, ``date.isoformat``):
+    digits and ``-:. +`` only, so its COPY text needs no escaping."""
+
+
 def _refuse(expected: str, value: Any) -> ValidationError:
     # Only the type is named: the value may be a secret.
     return ValidationError(f"expected {expected}, got {type(value).__name__}")
@@ -141,8 +145,8 @@ class Codec:
     - ``dtype`` is the pandas dtype of the column; ``parse(text)`` reads CLI text.
     - ``inline(var)`` optionally returns ``(condition, expression, type)``: source over the
       name ``var`` whose expression, when the condition holds, is the storage value, of that
-      Python type (batch compiles these into per-model row converters; any other value
-      takes ``to_db``).
+      Python type (``SafeText``: text without characters COPY escapes); batch compiles these
+      into per-model row converters; any other value takes ``to_db``.
     """
 
     expected = "a value"
@@ -362,7 +366,7 @@ class UUIDCodec(Codec):
         return self.validate(text.strip())
 
     def inline(self, var: str) -> tuple[str, str, type]:
-        return f"(type({var}) is _UUID)", f"{var}.hex", str
+        return f"(type({var}) is _UUID)", f"{var}.hex", SafeText
 
 
 class DateCodec(Codec):
@@ -393,7 +397,7 @@ class DateCodec(Codec):
         return self.validate(text.strip())
 
     def inline(self, var: str) -> tuple[str, str, type]:
-        return f"(type({var}) is _date)", f"{var}.isoformat()", str
+        return f"(type({var}) is _date)", f"{var}.isoformat()", SafeText
 
 
 class InstantCodec(Codec):
@@ -438,7 +442,7 @@ class InstantCodec(Codec):
 
     def inline(self, var: str) -> tuple[str, str, type]:
         return f"(type({var}) is _datetime and {var}.tzinfo is _UTC)", \
-            f"{var}.isoformat(' ', 'microseconds')", str
+            f"{var}.isoformat(' ', 'microseconds')", SafeText
 
 
 def _as_utc(value: dt.datetime) -> dt.datetime:
@@ -524,7 +528,8 @@ class JSONCodec(Codec):
         return text
 
     def to_copy(self, stored: Any) -> str:
-        return copy_escape(stored)
+        # ASCII-only JSON text escapes every control character itself: only backslashes remain
+        return stored.replace("\\", "\\\\") if "\\" in stored else stored
 
     def reader(self, db: Any) -> Callable[[Any], Any] | None:
         return None if db.native_json else json_loads
