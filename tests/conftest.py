@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import within_db
-from within_db import migrate
+from within_db import migrate, partitions
 from within_db.db import database
 
 # examples/ is not installed: `import examples.api` works however pytest is started
@@ -212,11 +212,21 @@ def backend(databases):
     return databases.kind
 
 
+# test rows fall in these months; PostgreSQL needs their partitions (a migration creates only
+# the current month and the next few)
+TEST_DATA_SINCE = "2024-01"
+
+
+def migrate_for_tests(db):
+    migrate.upgrade(db)
+    partitions.ensure(since=TEST_DATA_SINCE, db=db)
+
+
 @pytest.fixture(scope="session")
 def migrated_url(databases):
     url = databases.new_url()
     db = within_db.db.make_database(url)
-    migrate.upgrade(db)
+    migrate_for_tests(db)
     db.close()
     return url
 
@@ -255,7 +265,7 @@ def fresh_db(fresh_url):
 
 @pytest.fixture
 def migrated_fresh_db(fresh_db):
-    migrate.upgrade(fresh_db)
+    migrate_for_tests(fresh_db)
     return fresh_db
 
 

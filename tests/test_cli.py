@@ -13,6 +13,8 @@ from within_db import migrate
 from within_db.cli import cli
 from within_db.db import database
 
+SHIPPED = sorted(p.stem for p in migrate.migrations_dir().glob("[0-9]*.py"))
+
 
 @pytest.fixture
 def run(fresh_url):
@@ -109,7 +111,7 @@ def test_seed_then_inspect(seeded):
     counts = {t["table"]: t["rows"] for t in doc["tables"]}
     assert all(counts[t] > 0 for t in counts if t != "schema_migrations"), counts
     result = seeded("inspect", "tables", "--format", "csv")
-    assert result.stdout.splitlines()[0] == "table,rows"
+    assert result.stdout.splitlines()[0] == "table,rows,partitions"
 
 
 def test_seed_refuses_a_database_with_data(seeded):

@@ -252,6 +252,11 @@ def _failed(db: Backend, exc: BulkLoadFailed) -> BulkInsertError:
         return BulkInsertError(f"row {position} has a value of the wrong type or size for its "
                                "column; nothing was written", position=position)
     found = violation(exc.integrity, db)
+    if found is not None and found.kind == "no_partition":
+        return BulkInsertError(
+            f"row {position} falls in a month without a partition of {found.name}; create it "
+            "with `within-db partitions ensure` (--from YYYY-MM for past months); nothing "
+            "was written", position=position, constraint="no_partition")
     name = (found.name or found.kind) if found else "a constraint"
     return BulkInsertError(f"row {position} violates {name}; nothing was written",
                            position=position, constraint=name)

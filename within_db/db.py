@@ -8,6 +8,7 @@ URL redaction lives here too; nothing in this module ever prints a password.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import itertools
 import json
@@ -20,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeAlias, TypeVar
 from urllib.parse import quote
 
@@ -238,6 +240,60 @@ class StrictSqliteMigrator(SqliteMigrator):
             queries = [peewee.SQL(q.sql + " STRICT") if isinstance(q, peewee.SQL)
                        and q.sql.startswith("CREATE TABLE") else q for q in queries]
         return [*queries, *(peewee.SQL(sql) for sql in triggers)]
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One month of a table partitioned by month: ``[start, end)`` of its partition column.
+
+    On PostgreSQL ``name`` is the partition table and ``bytes`` its size on disk; on SQLite,
+    which keeps one plain table, a "partition" is the rows of one month (``bytes`` is None).
+    ``rows`` is exact or PostgreSQL's planner estimate, as the caller asked.
+    """
+
+    name: str
+    start: dt.date
+    end: dt.date
+    rows: int
+    bytes: int | None
+
+
+def month_start(value: dt.date) -> dt.date:
+    """Return the first day of ``value``'s month."""
+    return dt.date(value.year, value.month, 1)
+
+
+def next_month(value: dt.date) -> dt.date:
+    """Return the first day of the month after ``value``'s."""
+    return dt.date(value.year + value.month // 12, value.month % 12 + 1, 1)
+
+
+def partition_name(table: str, month: dt.date) -> str:
+    """Return the name of ``table``'s partition for ``month``: ``<table>_YYYY_MM``."""
+    return f"{table}_{month:%Y_%m}"
+
+
+_PARTITION_NAME = re.compile(r"(.+)_\d{4}_\d{2}")
+
+
+def partition_parent(table: str) -> str:
+    """Return the table a monthly partition belongs to (by name), or ``table`` itself.
+
+    Errors on a partitioned table name the partition; this names the table the user wrote to
+    without a catalogue query (the transaction may have failed).
+    """
+    match = _PARTITION_NAME.fullmatch(table)
+    return match.group(1) if match else table
+
+
+def partition_meta(model: Any) -> tuple[str | None, dict[str, str]]:
+    """Return a model's (partition column, {guarded unique column: guard table})."""
+    meta = model._meta
+    key = getattr(meta, "partition_by", None)
+    column = meta.fields[key].column_name if key else None
+    guards = {meta.fields[name].column_name: guard
+              for name, guard in (getattr(meta, "unique_guards", None) or {}).items()}
+    return column, guards
 
 
 # -- read replicas ----------------------------------------------------------------------------
@@ -788,6 +844,53 @@ class SqliteDatabase(_Shared, _Reads, peewee.SqliteDatabase):
         twin.url = self.url
         return twin
 
+    def create_schema(self, models: list) -> None:
+        """Create the models' tables and indexes; SQLite partitions nothing."""
+        self.create_tables(models)
+
+    # -- monthly partitions: SQLite keeps one table; a "partition" is a month of rows --------
+
+    def partitioning(self, table: str) -> str | None:
+        """Return the partition key definition of ``table``; always None on SQLite."""
+        return None
+
+    def partitions(self, table: str, column: str, exact: bool = True) -> list[Partition]:
+        """Return the months of ``table`` holding rows (counted exactly), oldest first."""
+        sql = (f"SELECT substr({_quote(column)}, 1, 7), count(*) FROM {_quote(table)} "  # noqa: S608 - model names, quoted
+               f"GROUP BY 1 ORDER BY 1")
+        out = []
+        for month_text, rows in self.execute_sql(sql).fetchall():
+            start = dt.date.fromisoformat(f"{month_text}-01")
+            out.append(Partition(table, start, next_month(start), rows, None))
+        return out
+
+    def ensure_partitions(self, table: str, column: str, months: list[dt.date]) -> list[str]:
+        """Create nothing and return []: one SQLite table holds every month."""
+        return []
+
+    def drop_partitions(self, table: str, column: str, months: list[dt.date],
+                        guards: dict[str, str], batch_size: int = 50_000) -> dict[dt.date, int]:
+        """Delete the rows of ``months`` in batches, each batch its own transaction.
+
+        Returns {month: rows deleted}. Batches keep each write lock short, so readers in other
+        processes (WAL) and other writers get turns.
+        """
+        done = {}
+        for month in months:
+            low, high = f"{month:%Y-%m}-01", f"{next_month(month):%Y-%m}-01"
+            sql = (f"DELETE FROM {_quote(table)} WHERE rowid IN (SELECT rowid FROM "  # noqa: S608
+                   f"{_quote(table)} WHERE {_quote(column)} >= ? AND {_quote(column)} < ? "
+                   f"LIMIT {int(batch_size)})")
+            total = 0
+            while True:
+                with self.write_transaction():
+                    deleted = self.execute_sql(sql, (low, high)).rowcount
+                total += deleted
+                if deleted < batch_size:
+                    break
+            done[month] = total
+        return done
+
     # -- bulk and streaming paths --------------------------------------------------------------
 
     def bulk_load(self, table: str, columns: list[str], rows: Iterable[tuple[Any, ...]],
@@ -896,6 +999,64 @@ class _CopySource:
         return "".join(chunk)
 
     readline = read
+
+
+_RANGE_BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
+PARTITION_LOCK_KEY = 0x70617274  # "part": serialises `partitions ensure` runs
+LOCK_TIMEOUT = "10s"
+
+
+def _ts(month: dt.date) -> str:
+    return f"{month:%Y-%m-%d} 00:00:00+00"
+
+
+# Keeps a unique column unique across the partitions of a table: every row's value is also
+# the primary key of a narrow guard table, in the same transaction. A BEFORE row trigger (not
+# AFTER) so a COPY fails at the offending line and reports it; it fires for INSERT, COPY,
+# UPDATE and DELETE, and for a row an UPDATE moves to another month PostgreSQL fires DELETE
+# then INSERT, so the UPDATE branch leaves those rows alone.
+GUARD_FUNCTION = """
+CREATE FUNCTION {table}_{column}_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO {guard} ({column}) VALUES (NEW.{column});
+        RETURN NEW;
+    ELSIF TG_OP = 'UPDATE' THEN
+        IF NEW.{column} IS DISTINCT FROM OLD.{column}
+                AND date_trunc('month', NEW.{key}, 'UTC')
+                    = date_trunc('month', OLD.{key}, 'UTC') THEN
+            DELETE FROM {guard} WHERE {column} = OLD.{column};
+            INSERT INTO {guard} ({column}) VALUES (NEW.{column});
+        END IF;
+        RETURN NEW;
+    END IF;
+    DELETE FROM {guard} WHERE {column} = OLD.{column};
+    RETURN OLD;
+END
+$$;
+CREATE TRIGGER {table}_{column}_guard BEFORE INSERT OR UPDATE OF {column} OR DELETE
+    ON {table} FOR EACH ROW EXECUTE FUNCTION {table}_{column}_guard();
+CREATE FUNCTION {table}_{column}_guard_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    TRUNCATE {guard};
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER {table}_{column}_guard_truncate AFTER TRUNCATE ON {table}
+    FOR EACH STATEMENT EXECUTE FUNCTION {table}_{column}_guard_truncate();
+"""
+
+
+def guard_sql(table: str, column: str, guard: str, column_type: str, key: str = "created_at") \
+        -> str:
+    """Return the DDL of ``guard`` (primary key ``<table>_<column>``) and its triggers.
+
+    The primary key carries the name the unique index has on an unpartitioned table, so a
+    duplicate is reported as the same constraint on every backend.
+    """
+    return (f"CREATE TABLE {guard} ({column} {column_type} "
+            f"CONSTRAINT {table}_{column} PRIMARY KEY);"
+            + GUARD_FUNCTION.format(table=table, column=column, guard=guard, key=key))
 
 
 class _PostgresBackend(_Reads, peewee.PostgresqlDatabase):
@@ -1057,8 +1218,10 @@ class _PostgresBackend(_Reads, peewee.PostgresqlDatabase):
 
     def table_names(self) -> list[str]:
         """Return the names of the tables in the current schema, sorted."""
-        sql = ("SELECT table_name FROM information_schema.tables "
-               "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'")
+        # pg_class, not information_schema: partitions are listed under their parent
+        sql = ("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+               "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') "
+               "AND NOT c.relispartition")
         return sorted(row[0] for row in self.execute_sql(sql).fetchall())
 
     def for_asyncio(self) -> peewee.Database:
@@ -1087,6 +1250,167 @@ class _PostgresBackend(_Reads, peewee.PostgresqlDatabase):
                                      pool_size=pool_size, **kwargs)
         twin.url = self.url
         return twin
+
+    def get_indexes(self, table: str, schema: str | None = None) -> list:
+        """peewee's index list, seeing partitioned tables and their guard tables too.
+
+        peewee reads relkind 'r' only, so playhouse's schema diff would otherwise re-add every
+        index of a partitioned table; a guard's primary key (named ``<table>_<column>``) is
+        reported as the unique index it stands for.
+        """
+        sql = """
+            SELECT i.relname, pg_get_indexdef(i.oid), ix.indisunique,
+                   array(SELECT pg_get_indexdef(ix.indexrelid, k + 1, TRUE)
+                         FROM generate_subscripts(ix.indkey, 1) AS k ORDER BY k)
+            FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace
+            JOIN pg_index ix ON ix.indrelid = t.oid JOIN pg_class i ON i.oid = ix.indexrelid
+            WHERE t.relname = %s AND t.relkind IN ('r', 'p')
+              AND n.nspname = COALESCE(%s, current_schema())
+            UNION ALL
+            SELECT con.conname, pg_get_constraintdef(con.oid), TRUE, array[a.attname::text]
+            FROM pg_constraint con JOIN pg_namespace n ON n.oid = con.connamespace
+            JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
+            WHERE con.contype = 'p' AND con.conname = %s || '_' || a.attname
+              AND n.nspname = COALESCE(%s, current_schema())
+            ORDER BY 3 DESC, 1"""
+        rows = self.execute_sql(sql, (table, schema, table, schema)).fetchall()
+        return [peewee.IndexMetadata(name, definition, [c.strip('"') for c in cols], unique,
+                                     table) for name, definition, unique, cols in rows]
+
+    def create_schema(self, models: list) -> None:
+        """Create the models' tables and indexes, partitioned ones as migrations build them.
+
+        A model whose Meta names ``partition_by`` becomes a table range-partitioned on that
+        column (no partitions yet) with ``(pk, column)`` as primary key, and each of its
+        ``unique_guards`` a guard table kept by a trigger (see GUARD_FUNCTION).
+        """
+        for model in peewee.sort_models(models):
+            column, guards = partition_meta(model)
+            if column is None:
+                model.create_table(safe=False)
+            else:
+                self._create_partitioned(model, column, guards)
+
+    def _create_partitioned(self, model: Any, column: str, guards: dict[str, str]) -> None:
+        table, pk = model._meta.table_name, model._meta.primary_key.column_name
+        sql, params = self.get_sql_context().sql(model._schema._create_table(safe=False)).query()
+        # a partitioned table's primary key must include the partition column
+        sql, found = re.subn(rf"({re.escape(_quote(pk))} [^,]*?) PRIMARY KEY", r"\1", sql, count=1)
+        if not found or not sql.endswith(")"):
+            raise ValueError(f"cannot partition {table}: unexpected DDL from peewee")
+        sql = (f"{sql[:-1]}, PRIMARY KEY ({_quote(pk)}, {_quote(column)})) "
+               f"PARTITION BY RANGE ({_quote(column)})")
+        self.execute_sql(sql, params)
+        for index in model._meta.fields_to_index():
+            columns = [f.column_name for f in index._expressions if isinstance(f, peewee.Field)]
+            if index._unique and len(columns) == 1 and columns[0] in guards:
+                continue  # enforced by the guard table instead
+            self.execute(model._schema._create_index(index, safe=False))
+        for guarded, guard in guards.items():
+            self.execute_sql(guard_sql(table, guarded, guard, self._column_type(table, guarded),
+                                       key=column))
+
+    def _column_type(self, table: str, column: str) -> str:
+        sql = ("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+               "WHERE attrelid = %s::regclass AND attname = %s")
+        return self.execute_sql(sql, (_quote(table), column)).fetchone()[0]
+
+    # -- monthly partitions -------------------------------------------------------------------
+
+    def partitioning(self, table: str) -> str | None:
+        """Return ``table``'s partition key (``RANGE (created_at)``), None if unpartitioned."""
+        sql = ("SELECT pg_get_partkeydef(c.oid) FROM pg_class c JOIN pg_namespace n "
+               "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relname = %s")
+        row = self.execute_sql(sql, (table,)).fetchone()
+        return row[0] if row else None
+
+    def partitions(self, table: str, column: str, exact: bool = True) -> list[Partition]:
+        """Return the monthly partitions of ``table``, oldest first.
+
+        ``exact=False`` reports the planner's row estimate (free; 0 before the first ANALYZE)
+        instead of counting each partition.
+        """
+        out = []
+        for name, bound, estimate, size, _pending in self._partition_rows(table):
+            match = _RANGE_BOUND.search(bound or "")
+            if match is None:
+                continue  # not a range partition; nothing of ours
+            start, end = (dt.date.fromisoformat(v[:10]) for v in match.groups())
+            rows = self._count(name) if exact else max(int(estimate), 0)
+            out.append(Partition(name, start, end, rows, size))
+        return sorted(out, key=lambda p: p.start)
+
+    def _partition_rows(self, table: str) -> list[tuple]:
+        sql = ("SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), c.reltuples, "
+               "pg_total_relation_size(c.oid), i.inhdetachpending FROM pg_inherits i "
+               "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass")
+        return self.execute_sql(sql, (_quote(table),)).fetchall()
+
+    def _exists(self, table: str) -> bool:
+        sql = "SELECT to_regclass(%s) IS NOT NULL"
+        return self.execute_sql(sql, (_quote(table),)).fetchone()[0]
+
+    def _count(self, table: str) -> int:
+        return self.execute_sql(f"SELECT count(*) FROM {_quote(table)}").fetchone()[0]  # noqa: S608
+
+    def ensure_partitions(self, table: str, column: str, months: list[dt.date]) -> list[str]:
+        """Create and attach the partitions of ``months`` that are missing; return their names.
+
+        Writers are not blocked: each partition is built as a plain table (LIKE the parent, a
+        CHECK matching its range) and then ATTACHed, which takes SHARE UPDATE EXCLUSIVE on
+        the parent (``PARTITION OF`` would take ACCESS EXCLUSIVE). One short transaction per
+        month, serialised with other ``ensure`` runs by an advisory lock, with a lock timeout.
+        """
+        created = []
+        for month in months:
+            name = partition_name(table, month)
+            low, high = _ts(month), _ts(next_month(month))
+            with self.serialised(PARTITION_LOCK_KEY):
+                self.execute_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                if any(p.start == month for p in self.partitions(table, column, exact=False)):
+                    continue
+                check = _quote(f"{name}_bound_check")
+                self.execute_sql(f"CREATE TABLE {_quote(name)} (LIKE {_quote(table)} "
+                                 "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE)")
+                self.execute_sql(f"ALTER TABLE {_quote(name)} ADD CONSTRAINT {check} CHECK "
+                                 f"({_quote(column)} >= '{low}' AND {_quote(column)} < '{high}')")
+                self.execute_sql(f"ALTER TABLE {_quote(table)} ATTACH PARTITION {_quote(name)} "
+                                 f"FOR VALUES FROM ('{low}') TO ('{high}')")
+                # the partition bound now says the same; keep no redundant CHECK
+                self.execute_sql(f"ALTER TABLE {_quote(name)} DROP CONSTRAINT {check}")
+            created.append(name)
+        return created
+
+    def drop_partitions(self, table: str, column: str, months: list[dt.date],
+                        guards: dict[str, str], batch_size: int = 50_000) -> dict[dt.date, int]:
+        """Detach the partitions of ``months`` concurrently, then drop them; {month: rows}.
+
+        Must run outside a transaction (DETACH ... CONCURRENTLY). Guard rows of the dropped
+        rows are deleted after the detach, so a request id stays taken until its month is
+        gone. A detach interrupted earlier (still pending) is finalised.
+        """
+        attached = {}
+        for name, bound, _est, _size, pending in self._partition_rows(table):
+            match = _RANGE_BOUND.search(bound or "")
+            if match:
+                attached[dt.date.fromisoformat(match.group(1)[:10])] = (name, pending)
+        done = {}
+        for month in months:
+            name, pending = attached.get(month, (partition_name(table, month), None))
+            if pending is None and not self._exists(name):
+                done[month] = 0
+                continue
+            rows = self._count(name)
+            if pending is not None:
+                mode = "FINALIZE" if pending else "CONCURRENTLY"
+                self.execute_sql(f"ALTER TABLE {_quote(table)} DETACH PARTITION {_quote(name)} "
+                                 f"{mode}")
+            for guarded, guard in guards.items():
+                self.execute_sql(f"DELETE FROM {_quote(guard)} g USING {_quote(name)} d "  # noqa: S608
+                                 f"WHERE g.{_quote(guarded)} = d.{_quote(guarded)}")
+            self.execute_sql(f"DROP TABLE {_quote(name)}")
+            done[month] = rows
+        return done
 
     def bulk_load(self, table: str, columns: list[str], rows: Iterable[str],
                   batch_size: int) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 import peewee
 
-from within_db.db import database
+from within_db.db import database, partition_parent
 from within_db.errors import ConflictError
 
 __all__ = ["Violation", "conflict_on", "violation"]
@@ -30,10 +30,11 @@ _SQLITE = [
 
 @dataclass(frozen=True)
 class Violation:
-    """``kind`` is check, unique, not_null or foreign_key; ``name`` the constraint's name.
+    """``kind`` is check, unique, not_null, foreign_key or no_partition; ``name`` the name.
 
     Not-null violations are named ``<table>_<column>_not_null``; SQLite does not say which
-    foreign key failed, so its foreign-key violations have ``name=None``.
+    foreign key failed, so its foreign-key violations have ``name=None``. ``no_partition``
+    (PostgreSQL only: no partition covers the row's key) names the partitioned table.
     """
 
     kind: str
@@ -77,7 +78,11 @@ def _postgres(code: str | None, diag: Any) -> Violation | None:
     if kind is None:
         return None
     if kind == "not_null":
-        return Violation(kind, f"{diag.table_name}_{diag.column_name}_not_null")
+        table = partition_parent(diag.table_name)
+        return Violation(kind, f"{table}_{diag.column_name}_not_null")
+    if kind == "check" and diag.constraint_name is None:
+        # "no partition of relation ... found for row" shares the CHECK violation code
+        return Violation("no_partition", diag.table_name)
     return Violation(kind, diag.constraint_name)
 
 

@@ -159,13 +159,14 @@ def cli(ctx: click.Context, database_url: str | None, replica_url: str | None,
 
 
 def _register() -> None:
-    from within_db.cli import audit, inspect, migrate, roles, seed
+    from within_db.cli import audit, inspect, migrate, partitions, roles, seed
 
     cli.add_command(audit.audit)
     cli.add_command(migrate.migrate)
     cli.add_command(roles.roles)
     cli.add_command(inspect.inspect)
     cli.add_command(seed.seed)
+    cli.add_command(partitions.partitions)
 
 
 _register()

@@ -107,7 +107,10 @@ def schema(settings: Settings, table: str | None, fmt: str | None) -> None:
                columns=["table", "kind", "name", "detail", "nullable", "default"])
         return
     for doc in documents:
-        click.echo(f"\n{doc['table']} (primary key: {', '.join(doc['primary_key'])})")
+        partitioned = (f"; partitioned by {doc['partitioning']}, {len(doc['partitions'])} "
+                       "partition(s)" if doc["partitioning"] else "")
+        click.echo(f"\n{doc['table']} (primary key: {', '.join(doc['primary_key'])}"
+                   f"{partitioned})")
         render(doc["columns"], "table")
         sections = [
             ("indexes", [dict(name=i["name"], columns=", ".join(i["columns"]),
@@ -115,6 +118,7 @@ def schema(settings: Settings, table: str | None, fmt: str | None) -> None:
             ("foreign keys", doc["foreign_keys"]),
             ("checks", doc["checks"]),
             ("triggers", doc["triggers"]),
+            ("partitions", doc["partitions"]),
         ]
         for title, rows in sections:
             if rows:

@@ -98,7 +98,13 @@ ModelVersion.add_index(
 
 
 class PredictionLog(BaseModel):
-    """One scored request. Versions with predictions cannot be deleted (RESTRICT)."""
+    """One scored request. Versions with predictions cannot be deleted (RESTRICT).
+
+    On PostgreSQL the table is range-partitioned by month on ``created_at`` (primary key
+    ``(id, created_at)``) and ``request_id`` stays unique across every month through the
+    ``prediction_request_ids`` guard table a trigger fills; SQLite keeps one plain table.
+    ``within_db.partitions`` maintains the months.
+    """
 
     id = BigAutoField()
     model_version = ForeignKeyField(ModelVersion, on_delete="RESTRICT", backref="+",
@@ -113,6 +119,11 @@ class PredictionLog(BaseModel):
     class Meta:
         table_name = "prediction_logs"
         indexes = ((("model_version", "created_at"), False),)
+        # read by the database classes (db.py): where the backend partitions tables, this one
+        # is range-partitioned by month on the column, and each guarded unique column keeps
+        # its uniqueness across partitions in the named single-column table
+        partition_by = "created_at"
+        unique_guards = {"request_id": "prediction_request_ids"}
         constraints = [
             check("prediction_logs", "latency_non_negative",
                   "latency_ms IS NULL OR latency_ms >= 0"),

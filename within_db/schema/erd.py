@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import peewee
 
+from within_db.db import partition_meta
+
 __all__ = ["mermaid", "schema_markdown"]
 
 HEADER = """# within_db schema
@@ -32,11 +34,18 @@ def mermaid(models: Sequence[type[peewee.Model]]) -> str:
     """Return a Mermaid ``erDiagram`` of ``models``: columns, keys and relationships."""
     lines = ["erDiagram"]
     for model in models:
+        key, guards = partition_meta(model)
+        if key:
+            lines.append(f"    %% {model._meta.table_name}: range-partitioned by month on {key} "
+                         "on PostgreSQL (primary key with it); unique "
+                         + ", ".join(f"{c} kept by {g}" for c, g in guards.items()))
         lines.append(f"    {model._meta.table_name} {{")
         for field in model._meta.sorted_fields:
             ftype = field.field_type.lower()
-            null = ' "nullable"' if field.null else ""
-            lines.append(f"        {ftype} {field.column_name}{_keys(field)}{null}")
+            note = ' "nullable"' if field.null else ""
+            if field.column_name == key:
+                note = ' "partition key (month)"'
+            lines.append(f"        {ftype} {field.column_name}{_keys(field)}{note}")
         lines.append("    }")
     for model in models:
         for field in model._meta.sorted_fields:

@@ -59,6 +59,10 @@ class Table:
     #: SQLite STRICT table (column types enforced); always False on PostgreSQL, which
     #: enforces types on every table
     strict: bool = False
+    # PostgreSQL's partition key ("RANGE (created_at)") and the partitions under the table;
+    # partitions are never listed as tables of their own
+    partitioning: str | None = None
+    partitions: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Columns in table order; indexes, foreign keys, CHECKs and triggers sorted by name,
@@ -67,6 +71,8 @@ class Table:
             "table": self.name,
             "strict": self.strict,
             "primary_key": list(self.primary_key),
+            "partitioning": self.partitioning,
+            "partitions": self.partitions,
             "columns": [vars(c) for c in self.columns.values()],
             "indexes": [dict(vars(i), columns=list(i.columns))
                         for _, i in sorted(self.indexes.items())],
@@ -239,6 +245,10 @@ def _describe_postgres(db: peewee.Database, name: str) -> Table:
             table.foreign_keys[cols[0]] = ForeignKey(cols[0], ref, ref_cols[0],
                                                      _PG_ON_DELETE[deltype])
     table.triggers = dict(db.execute_sql(_PG_TRIGGERS, (name,)).fetchall())
+    table.partitioning = db.partitioning(name)
+    if table.partitioning:
+        table.partitions = [{"name": p.name, "from": p.start.isoformat(), "to": p.end.isoformat()}
+                            for p in db.partitions(name, "", exact=False)]
     return table
 
 

@@ -23,10 +23,20 @@ MODELS = {m._meta.table_name: m for m in ALL_MODELS}
 
 
 def table_counts(db: Backend) -> list[dict[str, Any]]:
-    """Return ``[{"table", "rows"}]`` for every table, one COUNT query each."""
+    """Return ``[{"table", "rows", "partitions"}]`` for every table, one COUNT query each.
+
+    A partitioned table is one entry (its rows are those of all its partitions), with the
+    number of its partitions; ``partitions`` is None for a plain table.
+    """
     with db.connection_context():
         names = introspect.table_names(db)
-        return [{"table": t, "rows": peewee.Table(t).bind(db).select().count()} for t in names]
+        out = []
+        for name in names:
+            parts = (len(db.partitions(name, "", exact=False)) if db.partitioning(name)
+                     else None)
+            out.append({"table": name, "rows": peewee.Table(name).bind(db).select().count(),
+                        "partitions": parts})
+        return out
 
 
 def _is_money(field: peewee.Field | None) -> bool:

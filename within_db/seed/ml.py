@@ -7,6 +7,7 @@ import datetime as dt
 import math
 import uuid
 
+from within_db import partitions
 from within_db.models.ml_system import (
     JOB_STATUSES,
     MLModel,
@@ -28,6 +29,7 @@ METRICS = {"classification": ("auc", "logloss", "precision", "recall"),
            "regression": ("rmse", "mae", "r2"),
            "ranking": ("ndcg_10", "map"),
            "forecasting": ("mape", "rmse")}
+PREDICTION_DAYS = 30  # prediction logs fall in the days before REFERENCE
 NAMES = ("ctr", "cvr", "bid", "budget-pacing", "creative-rank", "spend-forecast", "fraud",
          "audience", "ltv", "churn", "anomaly", "roas")
 
@@ -100,6 +102,8 @@ def _predictions(ctx: SeedContext, versions: list[ModelVersion],
     if not versions:
         return
     per_version = math.ceil(ctx.scale.predictions / len(versions))
+    earliest = REFERENCE - dt.timedelta(days=PREDICTION_DAYS)
+    partitions.ensure(since=earliest.date())  # past months have no partition yet on PostgreSQL
     total = 0
     for version in versions:
         n = min(per_version, ctx.scale.predictions - total)
@@ -109,7 +113,8 @@ def _predictions(ctx: SeedContext, versions: list[ModelVersion],
                               "platform": rng.choice(["google", "meta", "tiktok"]),
                               "hour_of_day": rng.randint(0, 23)},
                  "latency_ms": round(rng.lognormvariate(1.5, 0.4), 3),
-                 "created_at": REFERENCE - dt.timedelta(seconds=rng.randint(0, 30 * 86400))}
+                 "created_at": REFERENCE - dt.timedelta(
+                     seconds=rng.randint(0, PREDICTION_DAYS * 86400))}
                 for _ in range(n))
         written = svc.log_predictions(version, rows)
         total += written
