@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeAlias, TypeVar
@@ -844,7 +844,7 @@ class SqliteDatabase(_Shared, _Reads, peewee.SqliteDatabase):
         twin.url = self.url
         return twin
 
-    def create_schema(self, models: list) -> None:
+    def create_schema(self, models: Sequence[type[peewee.Model]]) -> None:
         """Create the models' tables and indexes; SQLite partitions nothing."""
         self.create_tables(models)
 
@@ -1277,14 +1277,14 @@ class _PostgresBackend(_Reads, peewee.PostgresqlDatabase):
         return [peewee.IndexMetadata(name, definition, [c.strip('"') for c in cols], unique,
                                      table) for name, definition, unique, cols in rows]
 
-    def create_schema(self, models: list) -> None:
+    def create_schema(self, models: Sequence[type[peewee.Model]]) -> None:
         """Create the models' tables and indexes, partitioned ones as migrations build them.
 
         A model whose Meta names ``partition_by`` becomes a table range-partitioned on that
         column (no partitions yet) with ``(pk, column)`` as primary key, and each of its
         ``unique_guards`` a guard table kept by a trigger (see GUARD_FUNCTION).
         """
-        for model in peewee.sort_models(models):
+        for model in peewee.sort_models(models):  # type: ignore[attr-defined]  # no stub
             column, guards = partition_meta(model)
             if column is None:
                 model.create_table(safe=False)

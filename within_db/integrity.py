@@ -78,7 +78,7 @@ def _postgres(code: str | None, diag: Any) -> Violation | None:
     if kind is None:
         return None
     if kind == "not_null":
-        table = partition_parent(diag.table_name)
+        table = partition_parent(diag.table_name or "")
         return Violation(kind, f"{table}_{diag.column_name}_not_null")
     if kind == "check" and diag.constraint_name is None:
         # "no partition of relation ... found for row" shares the CHECK violation code

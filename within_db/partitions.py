@@ -14,9 +14,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import peewee
-
-from within_db.db import Partition, bound, month_start, next_month, partition_meta
+from within_db.db import Backend, Partition, bound, month_start, next_month, partition_meta
 from within_db.errors import ValidationError
 from within_db.models.ml_system import PredictionLog
 
@@ -47,7 +45,7 @@ def months_between(first: dt.date, last: dt.date) -> list[dt.date]:
 
 
 @contextlib.contextmanager
-def _connected(db: peewee.Database) -> Iterator[None]:
+def _connected(db: Backend) -> Iterator[None]:
     """Open a connection for the block unless one is open (perhaps in a transaction)."""
     if db.is_closed():
         with db.connection_context():
@@ -64,7 +62,7 @@ def _layout(model: Any) -> tuple[str, str, dict[str, str]]:
 
 
 def list_partitions(exact: bool = True, model: Any = PredictionLog,
-                    db: peewee.Database | None = None) -> list[Partition]:
+                    db: Backend | None = None) -> list[Partition]:
     """Return the table's months, oldest first: partitions on PostgreSQL, months with rows on
     SQLite. ``exact=False`` uses PostgreSQL's row estimates instead of counting."""
     db = bound(db)
@@ -75,7 +73,7 @@ def list_partitions(exact: bool = True, model: Any = PredictionLog,
 
 def ensure(ahead: int = DEFAULT_AHEAD, since: str | dt.date | None = None,
            today: dt.date | None = None, model: Any = PredictionLog,
-           db: peewee.Database | None = None) -> list[str]:
+           db: Backend | None = None) -> list[str]:
     """Create the missing partitions from ``since`` (default: this month) through ``ahead``
     months after the current one; return the names created (none on SQLite).
 
@@ -99,7 +97,7 @@ def ensure(ahead: int = DEFAULT_AHEAD, since: str | dt.date | None = None,
 
 
 def drop(before: str | dt.date, today: dt.date | None = None, model: Any = PredictionLog,
-         db: peewee.Database | None = None) -> dict[dt.date, int]:
+         db: Backend | None = None) -> dict[dt.date, int]:
     """Remove every month before ``before`` (YYYY-MM); return {month: rows removed}.
 
     PostgreSQL detaches each partition CONCURRENTLY and drops it, so it must run outside a

@@ -11,6 +11,8 @@ from within_db import partitions as api
 from within_db.cli.output import format_option, note, render
 from within_db.errors import ValidationError
 
+__all__ = ["partitions"]
+
 
 def _migrated_db(settings):
     db = settings.database()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import peewee
 
@@ -245,10 +245,11 @@ def _describe_postgres(db: peewee.Database, name: str) -> Table:
             table.foreign_keys[cols[0]] = ForeignKey(cols[0], ref, ref_cols[0],
                                                      _PG_ON_DELETE[deltype])
     table.triggers = dict(db.execute_sql(_PG_TRIGGERS, (name,)).fetchall())
-    table.partitioning = db.partitioning(name)
+    backend = cast(Backend, db)  # only the backend classes read partitions
+    table.partitioning = backend.partitioning(name)
     if table.partitioning:
         table.partitions = [{"name": p.name, "from": p.start.isoformat(), "to": p.end.isoformat()}
-                            for p in db.partitions(name, "", exact=False)]
+                            for p in backend.partitions(name, "", exact=False)]
     return table
 
 
