@@ -276,10 +276,11 @@ def generate(name: str, db: Backend | None = None, models: Models | None = None,
                              "apply them first (`within-db migrate up`), then generate")
     with db.connection_context():
         diff = diff_models(db, models)
-    found = differences(_expected(db, models), live, "models", "database")
+    expected = _expected(db, models)
+    found = differences(expected, live, "models", "database")
     if not diff and not found:
         raise MigrationError("models and database agree; nothing to generate")
-    model_tables = {m._meta.table_name for m in models}
+    model_tables = set(expected)  # with the guard tables of partitioned models
     dropped_tables = sorted(set(live) - model_tables)
     destructive = [f"drop column {t}.{c}" for t, c in diff.drop_columns]
     destructive += [f"drop table {t}" for t in dropped_tables]
