@@ -57,14 +57,14 @@ def inspect(ctx: click.Context, fmt: str | None) -> None:
 @format_option
 @click.pass_obj
 def tables(settings: Settings, fmt: str | None) -> None:
-    """Every table with its row count, and the applied migration head.
+    """Every table with its row count (and partition count), and the migration head.
 
     \b
     Example:
       within-db inspect tables --format csv
     """
     rows, head = _read(settings, lambda db: (browse.table_counts(db), migrations.head(db)))
-    render(rows, fmt, columns=["table", "rows"],
+    render(rows, fmt, columns=["table", "rows", "partitions"],
            document={"migration_head": head, "tables": rows})
     if resolve(fmt) != "json":
         note(f"migration head: {head}")
