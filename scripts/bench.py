@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fcntl
 import json
 import os
 import platform
@@ -548,12 +549,16 @@ def bench_scaling_main(args: argparse.Namespace) -> None:
     admin.autocommit = True
     name = f"within_bench_{uuid.uuid4().hex[:8]}"
     admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    # the test suites' replica lock, shared: a test that stops the replica waits for us
+    lock = open("/tmp/within_db_replica_tests.lock", "a")  # noqa: SIM115 - held to the end
+    fcntl.flock(lock, fcntl.LOCK_SH)
     try:
         url = args.postgres_url.rpartition("/")[0] + "/" + name
         replica = args.replica_url.rpartition("/")[0] + "/" + name
         _wait_for_database(replica)
         results += bench_scaling("postgres", url, replica, args.rows, args.repeat)
     finally:
+        lock.close()
         within_db.database.obj.close()
         admin.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         admin.close()
