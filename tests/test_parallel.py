@@ -19,7 +19,12 @@ from within_db.errors import ConfigurationError, ValidationError
 from within_db.models.campaigns import Ad, Campaign
 from within_db.models.ml_system import PredictionLog
 
-from .conftest import REPLICA_TEST_OPTIONS, replica_url_of, wait_for_replica_database
+from .conftest import (
+    REPLICA_TEST_OPTIONS,
+    migrate_for_tests,
+    replica_url_of,
+    wait_for_replica_database,
+)
 from .helpers import make_ad, make_campaign, make_user, make_version
 
 UTC = dt.UTC
@@ -77,7 +82,7 @@ def test_skewed_keys_still_split_evenly(db):
     far = [dict(row, id=10**12 + i) for i, row in enumerate(_logs(version, 30, start=1000))]
     PredictionLog.insert_many(_logs(version, 30) + far).execute()
     query = PredictionLog.select()
-    ranges = batch.partitions(query, 6)
+    ranges = batch.partitions(query, 6, key="id")  # not the default, the partition column
     assert _covered(query, ranges, 6) == [10] * 6  # quantiles, not equal widths
     # rows past either end after the split land in the open outer ranges
     PredictionLog.insert_many([dict(_logs(version, 1, start=5000)[0], id=10**15)]).execute()
@@ -165,7 +170,7 @@ def logged(databases, request):
         wait_for_replica_database(url)
         options = {"replica": replica_url_of(url), **REPLICA_TEST_OPTIONS}
     db = within_db.connect(url, **options)
-    migrate.upgrade(db)
+    migrate_for_tests(db)  # with the months the rows fall in
     versions = [make_version() for _ in range(4)]
     batch.bulk_insert(PredictionLog, (
         {"model_version": versions[SHARE[i % 7]].id, "request_id": f"r{i}",
