@@ -271,3 +271,12 @@ def test_to_dask_explains_the_extra_without_dask(bound_logs, monkeypatch):
     monkeypatch.setitem(sys.modules, "dask", None)
     with pytest.raises(ConfigurationError, match=r"within_db\[dask\]"):
         batch.to_dask(PredictionLog.select(), 2)
+
+
+def test_prediction_logs_split_on_their_partition_key_by_default(db):
+    batch.bulk_insert(PredictionLog, _logs(make_version(), 8))
+    query = PredictionLog.select()
+    ranges = batch.partitions(query, 2)
+    assert {r.key for r in ranges} == {"created_at"}
+    assert ranges[0].upper == BASE + dt.timedelta(seconds=4)
+    assert _covered(query, ranges, 2) == [4, 4]
