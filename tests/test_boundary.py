@@ -273,6 +273,8 @@ _EXPORT_RECORDS = {"reports.export_report"}
 
 
 def _short(qualified: str) -> str:
+    if qualified.startswith("within_db.batch."):  # batch/ is one public module
+        return "batch." + qualified.rpartition(".")[2]
     return ".".join(qualified.split(".")[-2:])
 
 

@@ -163,3 +163,13 @@ def test_every_public_module_declares_what_it_exports(name):
         if not hasattr(module, attr):  # a package may export its submodules
             importlib.import_module(f"{name}.{attr}")
         assert hasattr(module, attr), f"{name}.__all__ names {attr!r}, which it does not define"
+
+
+def test_setup_cfg_ships_every_package():
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg", encoding="utf-8")
+    listed = set(config["options"]["packages"].split())
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found - listed == set(), "packages missing from setup.cfg: the wheel would lack them"

@@ -15,6 +15,7 @@ import peewee
 
 from within_db import batch
 from within_db import boundary as check
+from within_db.batch.bulk import rows_argument
 from within_db.boundary import public_api
 from within_db.db import bound, database, write_transaction
 from within_db.errors import (
@@ -283,7 +284,7 @@ def log_predictions(version: ModelVersion, rows: Iterable[dict[str, Any]],
     BulkInsertError naming its position; nothing is then written.
     """
     check.instance(version, ModelVersion, "version")
-    batch.rows_argument(rows)
+    rows_argument(rows)
 
     def stamped() -> Iterator[dict[str, Any]]:
         for position, row in enumerate(rows):
