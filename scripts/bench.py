@@ -29,7 +29,7 @@ import psycopg2
 from playhouse.test_utils import count_queries
 
 import within_db
-from within_db import batch, migrate
+from within_db import batch, migrate, partitions
 from within_db.models.campaigns import Ad, Campaign
 from within_db.models.ml_system import MLModel, ModelVersion, PredictionLog
 from within_db.models.users import AuditLog, User
@@ -210,6 +210,7 @@ def bench_backend(name: str, url: str, dsn_or_path: str, n: int, repeat: int,
                   audit_rows: int = 0) -> list[tuple]:
     db = within_db.connect(url)
     migrate.upgrade(db)
+    partitions.ensure(since=BASE.date())  # the bench's rows are in BASE's month
     conn = (raw_sqlite_connection(dsn_or_path) if name == "sqlite"
             else psycopg2.connect(dsn_or_path))
     results = []
@@ -443,6 +444,7 @@ def bench_scaling(name: str, url: str, replica: str | None, n: int,
     to_dataframe. Rows: (backend, measure, path, value, unit)."""
     db = within_db.connect(url, replica=replica)
     migrate.upgrade(db)
+    partitions.ensure(since=BASE.date())  # the bench's rows are in BASE's month
     out = []
     owner = User.create(email=f"scale-{uuid.uuid4().hex[:8]}@example.com")
     for i in range(20):
