@@ -334,11 +334,11 @@ SPEND = {"dataset": "spend", "metrics": ["spend"]}
     ({**SPEND, "filters": None}, "filters: Input should be a valid list"),
     ({**SPEND, "sort": None}, "sort: Input should be a valid list"),
     ({**SPEND, "filters": [{"dimension": "campaign", "op": "eq", "value": "not-a-uuid"}]},
-     "values must be UUIDs"),
+     "expected a UUID or canonical UUID text"),
     ({**SPEND, "filters": [{"dimension": "date", "op": "gte", "value": "26/01/2026"}]},
-     "ISO dates"),
+     "expected a date or YYYY-MM-DD text"),
     ({"dataset": "prediction_logs", "metrics": ["prediction_count"],
-      "filters": [{"dimension": "version", "op": "eq", "value": "1"}]}, "must be integers"),
+      "filters": [{"dimension": "version", "op": "eq", "value": "1"}]}, "expected an int"),
     ({**SPEND, "filters": [{"dimension": "platform", "op": "eq", "value": ["a", "b"]}]},
      "takes one value"),
     ({**SPEND, "filters": [{"dimension": "platform", "op": "in", "value": [[["x"]]]}]},
@@ -374,11 +374,11 @@ def test_params_are_typed_against_their_dimension_when_run(data):
         [{"clicks": 90}]
     assert svc.run_saved_query(query, {"campaign": data["meta"].id, "since": D(2026, 1, 26)}) \
         == [{"clicks": 40}]
-    for params, message in [({"campaign": "not-a-uuid", "since": since}, "must be UUIDs"),
+    for params, message in [({"campaign": "not-a-uuid", "since": since}, "expected a UUID"),
                             ({"campaign": [str(data["meta"].id)], "since": since},
                              "takes one value"),
                             ({"campaign": str(data["meta"].id), "since": 20260101},
-                             "ISO dates"),
+                             "expected a date or YYYY-MM-DD text"),
                             ({"since": since}, 'missing query parameter "campaign"')]:
         with pytest.raises(ValidationError, match=message):
             svc.run_saved_query(query, params)

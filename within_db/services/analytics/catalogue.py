@@ -11,7 +11,7 @@ import peewee
 from peewee import fn
 
 from within_db.boundary import public_api
-from within_db.fields import storage_field
+from within_db.fields import Codec, DateField, codec_of
 from within_db.models.campaigns import Ad, AdMetric, Campaign, CampaignPerformance, SpendRecord
 from within_db.models.ml_system import MLModel, ModelMetric, ModelVersion, PredictionLog
 
@@ -28,7 +28,7 @@ class Dataset:
 
     base: Callable[[], peewee.ModelSelect[Any]]
     date: peewee.Field
-    dimensions: Mapping[str, peewee.ColumnBase]
+    dimensions: Mapping[str, peewee.Field]
     sums: Mapping[str, peewee.Field] = field(default_factory=dict)  # integer sums
     money: Mapping[str, peewee.Field] = field(default_factory=dict)  # sums of micros
     # name -> a function building the metric's expression
@@ -110,14 +110,9 @@ def catalogue() -> dict[str, dict[str, list[str]]]:
             for name, ds in DATASETS.items()}
 
 
-def dimension_kind(ds: Dataset, name: str) -> tuple[str, int | None]:
-    """Return ``(kind, max_length)`` of a dimension's filter values: date, uuid, integer, text."""
+def dimension_codec(ds: Dataset, name: str) -> Codec:
+    """Return the codec that types a dimension's filter values: its column's (a foreign key's
+    target's), and the codec of date columns for ``date`` whatever the dataset's date column."""
     if name == "date":
-        return "date", None
-    node = ds.dimensions[name]
-    target = storage_field(node) if isinstance(node, peewee.Field) else None
-    if isinstance(target, peewee.UUIDField):
-        return "uuid", None
-    if isinstance(target, (peewee.IntegerField, peewee.AutoField)):
-        return "integer", None
-    return "text", getattr(target, "max_length", None) or 255
+        return DateField.codec
+    return codec_of(ds.dimensions[name])

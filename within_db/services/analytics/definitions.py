@@ -7,9 +7,7 @@ as ``{"param": name}`` are typed when the query runs, with its parameters.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
-import uuid
 from typing import Any
 
 import pydantic
@@ -17,13 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_
 
 from within_db.boundary import public_api
 from within_db.errors import ValidationError
+from within_db.fields import Codec
 from within_db.services.analytics.catalogue import (
     DATASETS,
-    GRAINS,
     MAX_LIMIT,
     OPERATORS,
     catalogue,
-    dimension_kind,
+    dimension_codec,
 )
 
 __all__ = ["MAX_IN", "Definition", "Filter", "Sort", "validate_definition"]
@@ -117,14 +115,10 @@ class Definition(_Strict):
 
 
 def _grain(dimension: str) -> str | None:
+    """The date grain of a catalogue dimension ("date" is by day), None for the others."""
     if dimension == "date":
         return "day"
-    if dimension.startswith("date:"):
-        grain = dimension.split(":", 1)[1]
-        if grain not in GRAINS:
-            raise ValueError(f"unknown date grain; valid: {_choices(GRAINS)}")
-        return grain
-    return None
+    return dimension.removeprefix("date:") if dimension.startswith("date:") else None
 
 
 def _check_names(d: Definition) -> None:
@@ -159,34 +153,17 @@ def _check_names(d: Definition) -> None:
         raise ValueError(f"limit must be an integer from 1 to {MAX_LIMIT}")
 
 
-def _typed(kind: str, max_length: int | None, value: Any, where: str) -> Any:
-    """Return ``value`` as the Python value of a dimension of ``kind``, or raise ValueError."""
-    if kind == "date":
-        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-            return value
-        if isinstance(value, str) and len(value) == 10:
-            try:
-                return dt.date.fromisoformat(value)
-            except ValueError:
-                pass
-        raise ValueError(f"{where}: date filter values must be ISO dates (YYYY-MM-DD)")
-    if kind == "uuid":
-        if isinstance(value, uuid.UUID):
-            return value
-        if isinstance(value, str) and len(value) <= 40:
-            try:
-                return uuid.UUID(value)
-            except ValueError:
-                pass
-        raise ValueError(f"{where}: values must be UUIDs")
-    if kind == "integer":
-        if isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63:
-            return value
-        raise ValueError(f"{where}: values must be integers")
-    if isinstance(value, str) and len(value) <= (max_length or MAX_TEXT_VALUE) \
-            and "\x00" not in value:
-        return value
-    raise ValueError(f"{where}: values must be text of at most {max_length} characters")
+def _typed(codec: Codec, value: Any, where: str) -> Any:
+    """Return ``value`` as its dimension's column holds it, or raise ValueError.
+
+    The column's codec decides (a date dimension takes the codec of date columns), so a
+    filter refuses what a write to that column refuses: non-canonical dates and UUID text,
+    integers outside the column's range, text longer than the column.
+    """
+    try:
+        return codec.validate(value)
+    except ValidationError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def _param(value: Any, params: dict[str, Any] | None) -> Any:
@@ -213,7 +190,7 @@ def resolve_filters(d: Definition, params: dict[str, Any] | None
     ds = DATASETS[d.dataset]
     out = []
     for i, f in enumerate(d.filters):
-        kind, max_length = dimension_kind(ds, f.dimension)
+        codec = dimension_codec(ds, f.dimension)
         where = f'filter {i} ("{f.dimension}" {f.op})'
         value = _param(f.value, params)
         if value is _UNBOUND:
@@ -227,12 +204,12 @@ def resolve_filters(d: Definition, params: dict[str, Any] | None
             if not 1 <= len(value) <= MAX_IN:
                 raise ValueError(f'{where}: "in" needs 1 to {MAX_IN} values')
             items = [_param(v, params) for v in value]
-            typed = [v if v is _UNBOUND else _typed(kind, max_length, v, where) for v in items]
+            typed = [v if v is _UNBOUND else _typed(codec, v, where) for v in items]
             out.append((f.dimension, f.op, typed))
         else:
             if isinstance(value, (list, tuple, dict)):
                 raise ValueError(f'{where}: "{f.op}" takes one value, not a list')
-            out.append((f.dimension, f.op, _typed(kind, max_length, value, where)))
+            out.append((f.dimension, f.op, _typed(codec, value, where)))
     return out
 
 
