@@ -138,8 +138,13 @@ def _dtypes(query: peewee.Select) -> dict[str, str | None]:
 
 
 def _frame(query: peewee.Select, rows: list[dict[str, Any]]) -> pandas.DataFrame:
-    """Build the typed DataFrame of ``query`` from its rows as dicts."""
-    return _typed_frame(rows, _dtypes(query))
+    """Build the typed DataFrame of ``query`` from its rows as dicts.
+
+    Every selected column is kept, expressions as objects: a row's keys name them (without
+    rows, the aliased ones)."""
+    names = list(rows[0]) if rows else [n.name for n in query.selected_columns
+                                         if isinstance(n, (peewee.Alias, peewee.Field))]
+    return _typed_frame(rows, dict.fromkeys(names) | _dtypes(query))
 
 
 def _typed_frame(rows: list[dict[str, Any]], dtypes: dict[str, str | None]) -> pandas.DataFrame:
@@ -160,5 +165,5 @@ def _typed_frame(rows: list[dict[str, Any]], dtypes: dict[str, str | None]) -> p
         elif dtype == "string":
             frame[column] = values.map(lambda v: None if v is None else str(v)).astype(dtype)
         else:
-            frame[column] = values.astype("float64" if dtype == "float64" else dtype)
+            frame[column] = values.astype(dtype)
     return frame
