@@ -646,3 +646,27 @@ def test_every_dataset_has_its_date_column_in_the_catalogue():
     assert {name: ds.date.name for name, ds in DATASETS.items()} == {
         "campaign_performance": "date", "ad_metrics": "date", "spend": "occurred_at",
         "prediction_logs": "created_at", "model_metrics": "recorded_at"}
+
+
+def test_text_values_up_to_1024_characters_reach_the_column_rule(world):
+    # 1024 characters pass the definition's own limit and meet the column's (16 for source)
+    assert _refused({**SPEND, "filters": [f("source", "eq", "x" * MAX_TEXT_VALUE)]}) == (
+        'filter 0 ("source" eq): expected a str of at most 16 characters, got 1,024')
+
+
+def test_unknown_keys_are_named_by_their_first_40_characters():
+    long = "k" * 50
+    with pytest.raises(ValidationError) as info:
+        validate_definition({**SPEND, long: 1, 7: 2})
+    assert str(info.value) == (f"unknown definition keys: 7, {'k' * 40}; valid: dataset, "
+                               "dimensions, metrics, filters, sort, limit")
+
+
+def test_a_parameter_holding_a_mapping_is_one_value_too_many(world):
+    definition = {**SPEND, "filters": [f("source", "eq", {"param": "s"})]}
+    assert _refused(definition, {"s": {"a": 1}}) == (
+        'filter 0 ("source" eq): "eq" takes one value, not a list')
+    assert _refused(definition, {"s": ("manual",)}) == (
+        'filter 0 ("source" eq): "eq" takes one value, not a list')
+    assert execute_definition({**SPEND, "filters": [f("source", "in", {"param": "s"})]},
+                              {"s": ("manual", "import")}) == [{"spend": Decimal(26)}]

@@ -35,11 +35,12 @@ class Dataset:
     other: Mapping[str, Callable[[], peewee.ColumnBase]] = field(default_factory=dict)
 
 
-def _ratio(numerator: peewee.ColumnBase, denominator: peewee.ColumnBase,
-           scale: float = 1.0) -> peewee.ColumnBase:
+_DOUBLE = "DOUBLE PRECISION"
+
+
+def _ratio(numerator: peewee.ColumnBase, denominator: peewee.ColumnBase) -> peewee.ColumnBase:
     # Both backends divide IEEE doubles; NULLIF turns a zero divisor into NULL, not an error.
-    expr = numerator.cast("DOUBLE PRECISION") / fn.NULLIF(denominator, 0).cast("DOUBLE PRECISION")
-    return expr / scale if scale != 1.0 else expr
+    return numerator.cast(_DOUBLE) / fn.NULLIF(denominator, 0).cast(_DOUBLE)
 
 
 def _datasets() -> dict[str, Dataset]:
@@ -57,7 +58,7 @@ def _datasets() -> dict[str, Dataset]:
             other={
                 "ctr": lambda: _ratio(fn.SUM(cp.clicks), fn.SUM(cp.impressions)),
                 "cvr": lambda: _ratio(fn.SUM(cp.conversions), fn.SUM(cp.clicks)),
-                "cpa": lambda: _ratio(fn.SUM(cp.spend_micros), fn.SUM(cp.conversions), 1e6),
+                "cpa": lambda: _ratio(fn.SUM(cp.spend_micros), fn.SUM(cp.conversions)) / 1e6,
                 "roas": lambda: _ratio(fn.SUM(cp.revenue_micros), fn.SUM(cp.spend_micros)),
             }),
         "ad_metrics": Dataset(
@@ -70,7 +71,7 @@ def _datasets() -> dict[str, Dataset]:
             other={
                 "ctr": lambda: _ratio(fn.SUM(am.clicks), fn.SUM(am.impressions)),
                 "cvr": lambda: _ratio(fn.SUM(am.conversions), fn.SUM(am.clicks)),
-                "cpa": lambda: _ratio(fn.SUM(am.spend_micros), fn.SUM(am.conversions), 1e6),
+                "cpa": lambda: _ratio(fn.SUM(am.spend_micros), fn.SUM(am.conversions)) / 1e6,
             }),
         "spend": Dataset(
             base=lambda: sr.select().join(Campaign, on=(sr.campaign == Campaign.id)),
