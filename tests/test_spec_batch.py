@@ -17,7 +17,7 @@ import peewee
 import pytest
 
 from within_db import batch
-from within_db.errors import BulkInsertError, ValidationError
+from within_db.errors import BulkInsertError, ReadOnlyError, ValidationError
 from within_db.models.campaigns import AdMetric, Campaign
 from within_db.models.ml_system import PredictionLog
 from within_db.models.users import User
@@ -572,10 +572,176 @@ def test_dataframe_keeps_expression_columns(db):
     frame = batch.to_dataframe(query)
     assert list(frame.columns) == ["model_version", "n"]
     assert frame.to_dict("records") == [{"model_version": version.id, "n": 4}]
-    assert str(frame.dtypes["model_version"]) == "Int64"
+    assert {c: str(t) for c, t in frame.dtypes.items()} == {"model_version": "Int64",
+                                                            "n": "object"}
+    empty = batch.to_dataframe(query.where(PredictionLog.score > 1))
+    assert {c: str(t) for c, t in empty.dtypes.items()} == {"model_version": "Int64",
+                                                            "n": "object"}
 
 
 @pytest.mark.parametrize("query", [None, "SELECT 1", PredictionLog])
 def test_to_dataframe_takes_select_queries_only(db, query):
     with pytest.raises(ValidationError, match="^query must be a peewee select query"):
         batch.to_dataframe(query)
+
+
+# -- partitions and to_dask -----------------------------------------------------------------
+
+
+def _sizes(ranges):
+    return [part.query.count() for part in ranges]
+
+
+def test_key_ranges_describe_themselves(db):
+    version = make_version()
+    batch.bulk_insert(PredictionLog, [_log(version, i) for i in range(4)])
+    ids = sorted(p.id for p in PredictionLog.select())
+    ranges = batch.partitions(PredictionLog.select(), 2, key="id")
+    assert [repr(r) for r in ranges] == [f"<KeyRange None <= id < {ids[2]!r}>",
+                                         f"<KeyRange {ids[2]!r} <= id < None>"]
+    assert (ranges[0].lower, ranges[0].upper, ranges[1].lower, ranges[1].upper) == \
+        (None, ids[2], ids[2], None)
+    empty = batch.partitions(PredictionLog.select().where(PredictionLog.score > 1), 2)
+    assert [repr(r) for r in empty] == ["<KeyRange None <= created_at < None>",
+                                        "<KeyRange created_at: empty>"]
+
+
+def test_partition_counts_at_their_edges(db):
+    version = make_version()
+    batch.bulk_insert(PredictionLog, [_log(version, i) for i in range(3)])
+    query = PredictionLog.select()
+    assert _sizes(batch.partitions(query, 1, key="id")) == [3]
+    most = batch.partitions(query, batch.MAX_PARTITIONS, key="id")
+    assert len(most) == 10_000 and sum(_sizes(most[:3] + most[-3:])) == 3
+    # more ranges than rows: bounds at rows 0, 1, 2 (positions 3*k//5), the last repeated as
+    # an empty [b, b)
+    assert _sizes(batch.partitions(query, 5, key="id")) == [0, 1, 1, 0, 1]
+    for n, shown in [(0, "0"), (10_001, "10001"), (True, "True"), ("4", "str"), (2.0, "float"),
+                     (None, "NoneType"), (-3, "-3")]:
+        with pytest.raises(ValidationError) as info:
+            batch.partitions(query, n)
+        assert str(info.value) == f"n must be a whole number from 1 to 10000, got {shown}"
+
+
+class _Pair(peewee.Model):
+    left = peewee.IntegerField()
+    right = peewee.IntegerField()
+
+    class Meta:
+        primary_key = peewee.CompositeKey("left", "right")
+
+
+@pytest.mark.parametrize("make_query,key,message", [
+    (lambda: PredictionLog.select().limit(3), None,
+     "cannot split a query with LIMIT: ranges of a key would change its result; split the "
+     "query without it"),
+    (lambda: PredictionLog.select().offset(3), None, "cannot split a query with OFFSET: ranges"),
+    (lambda: PredictionLog.select().group_by(PredictionLog.ad), None,
+     "cannot split a query with GROUP BY: ranges"),
+    (lambda: PredictionLog.select().group_by(PredictionLog.ad).having(peewee.SQL("1 = 1")),
+     None, "cannot split a query with GROUP BY: ranges"),
+    (lambda: PredictionLog.select().having(peewee.SQL("1 = 1")), None,
+     "cannot split a query with HAVING: ranges"),
+    (lambda: PredictionLog.select().distinct(), None, "cannot split a query with DISTINCT"),
+    (lambda: PredictionLog.select().distinct(PredictionLog.model_version), None,
+     "cannot split a query with DISTINCT"),
+    (lambda: PredictionLog.select() | PredictionLog.select(), None,
+     "partitions splits a select over one model, e.g. PredictionLog.select(); got "
+     "ModelCompoundSelectQuery"),
+    (lambda: "SELECT 1", None, "partitions splits a select over one model, e.g. "
+     "PredictionLog.select(); got str"),
+    (lambda: _Pair.select(), None, "_pair has a composite primary key; pass key="),
+    (lambda: PredictionLog.select(), "latency_ms",
+     "prediction_logs.latency_ms leads no index, so every range would scan the table; indexed "
+     "keys: created_at, id, model_version, request_id"),
+    (lambda: PredictionLog.select(), PredictionLog.ad,
+     "prediction_logs.ad_id is nullable: rows with NULL would fall in no range; pick a NOT "
+     "NULL key"),
+    (lambda: PredictionLog.select(), "k" * 100,
+     f"{('k' * 100)!r}"[:80] + " is not a column of prediction_logs; pass one of ad, "
+     "created_at, features, id, latency_ms, model_version, request_id, score"),
+    (lambda: PredictionLog.select(), Campaign.id, "<UUIDField: Campaign.id> is not a column"),
+    (lambda: PredictionLog.select(), 5, "int is not a column of prediction_logs; pass one of"),
+    (lambda: User.select(), "email", None),
+    (lambda: PredictionLog.select(), "model_version", None),  # leads the (version, time) index
+])
+def test_what_partitions_cannot_split_is_named(db, make_query, key, message):
+    if message is None:
+        assert len(batch.partitions(make_query(), 2, key=key)) == 2
+        return
+    with pytest.raises(ValidationError) as info:
+        batch.partitions(make_query(), 2, key=key)
+    assert str(info.value).startswith(message)
+
+
+def test_a_partial_index_does_not_make_a_key_splittable(db):
+    from within_db.models.analytics import ScheduledReport
+
+    with pytest.raises(ValidationError) as info:  # scheduled_reports_due is WHERE is_active
+        batch.partitions(ScheduledReport.select(), 2, key="next_run_at")
+    assert str(info.value) == (
+        "scheduled_reports.next_run_at leads no index, so every range would scan the table; "
+        "indexed keys: id, report")
+
+
+@pytest.fixture
+def seeded_logs(seeded_db):
+    pytest.importorskip("dask.dataframe")
+    return PredictionLog.select(PredictionLog.id, PredictionLog.model_version,
+                                PredictionLog.request_id, PredictionLog.ad,
+                                PredictionLog.features, PredictionLog.created_at,
+                                PredictionLog.score.alias("s"),
+                                (PredictionLog.score * 2).alias("twice"))
+
+
+def test_dask_ranges_read_what_to_dataframe_reads(seeded_logs):
+    query = seeded_logs
+    local = batch.to_dataframe(query).sort_values("id").reset_index(drop=True)
+    assert len(local) > 100
+    for n, chunk in [(3, 7), (1, 1_000_000)]:
+        frame = batch.to_dask(query, n, key="id", chunk_size=chunk)
+        assert frame.npartitions == n
+        assert list(frame.columns) == ["id", "model_version", "request_id", "ad", "features",
+                                       "created_at", "s", "twice"]
+        assert frame.dtypes.equals(local.dtypes)
+        computed = frame.compute(scheduler="sync")
+        assert computed.dtypes.equals(local.dtypes)
+        computed = computed.sort_values("id").reset_index(drop=True)
+        assert computed.drop(columns=["twice"]).equals(local.drop(columns=["twice"]))
+        assert computed["twice"].tolist() == pytest.approx(local["twice"].tolist())
+
+
+def test_dask_graph_parts_describe_their_source(seeded_db, seeded_url):
+    from within_db.batch import parallel
+    from within_db.db import redact_url
+
+    source = parallel._Source(seeded_db)
+    shown = f"<within_db source {redact_url(seeded_url)}>"
+    assert repr(source) == shown
+    assert source.replica is None and source.after is None
+    assert (source.max_lag, source.wait) == (0.0, 0.0)
+    assert source.__dask_tokenize__() == source.token != parallel._Source(seeded_db).token
+    reader = parallel._RangeReader(source, 10, [], {})
+    assert repr(reader) == f"<within_db range reader of {shown}>"
+    assert reader.__dask_tokenize__() == source.token
+    opened = source.open()
+    try:
+        assert opened.execute_sql("SELECT count(*) FROM users").fetchone()[0] > 0
+        # a read-only connection refuses writes
+        with pytest.raises((peewee.OperationalError, ReadOnlyError)):
+            opened.execute_sql("DELETE FROM audit_logs")
+    finally:
+        opened.close()
+
+
+@pytest.mark.parametrize("chunk", [0, 1_000_001, True, "5"])
+def test_to_dask_checks_chunk_size(seeded_logs, chunk):
+    with pytest.raises(ValidationError, match="chunk_size"):
+        batch.to_dask(seeded_logs, 2, key="id", chunk_size=chunk)
+
+
+def test_to_dask_names_every_column_or_refuses(seeded_logs):
+    with pytest.raises(ValidationError) as info:
+        batch.to_dask(PredictionLog.select(PredictionLog.id, PredictionLog.score * 2), 2)
+    assert str(info.value) == ("to_dask needs a name for every column: alias expressions, e.g. "
+                               "fn.COUNT(PredictionLog.id).alias('n')")

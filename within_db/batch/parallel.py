@@ -245,9 +245,7 @@ class _RangeReader:
                     rows = self._read(db, *compiled)
             finally:
                 db.close()
-        frame = _typed_frame(rows, self.dtypes)
-        untyped = {c: object for c, t in self.dtypes.items() if t is None}
-        return frame.astype(untyped) if untyped else frame  # as in the empty meta
+        return _typed_frame(rows, self.dtypes)
 
     def _read(self, db: Backend, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         readers = {}

@@ -157,7 +157,8 @@ def _typed_frame(rows: list[dict[str, Any]], dtypes: dict[str, str | None]) -> p
     frame = pd.DataFrame.from_records(rows, columns=list(dtypes) or None)
     for column, dtype in dtypes.items():
         values = frame[column]
-        if dtype is None:
+        if dtype is None:  # JSON and expressions: Python objects, whatever pandas would infer
+            frame[column] = values.astype(object)
             continue
         if dtype.startswith("datetime64"):
             # the declared unit, whatever pandas infers from the values (or from none)
