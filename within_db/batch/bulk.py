@@ -52,11 +52,19 @@ _COPY_INLINE = {
 
 
 class _Converters:
-    """Compiled row converters of one bulk insert, cached by the rows' key set."""
+    """Compiled row converters of one bulk insert, cached by the rows' key set.
+
+    This class makes storage tuples for ``executemany`` (SQLite); ``_CopyConverters`` makes
+    COPY text lines (PostgreSQL). Each output's source fragments are its own methods.
+    """
+
+    #: the source of a NULL value, and a NULL default's converted value
+    null_source = "None"
+    null_value: Any = None
 
     def __init__(self, model: type[peewee.Model], fields: list[peewee.Field],
-                 tuple_fields: list[str], text: bool):
-        self.model, self.fields, self.text = model, fields, text
+                 tuple_fields: list[str]):
+        self.model, self.fields = model, fields
         self.tuple_fields = tuple_fields
         self.by_name = {f.name: f for f in fields}
         self.by_column = {f.column_name: f for f in fields}
@@ -100,8 +108,7 @@ class _Converters:
 
     def _compile(self, row: Any) -> Callable:
         given = self._given(row)
-        env: dict[str, Any] = {**INLINE_ENV, "_esc": copy_escape, "_other": self.convert,
-                               "_len": len, "_VE": ValidationError}
+        env = self._environment()
         # another key set (or tuple length) goes to the converter compiled for it: every
         # row's keys are checked, at the cost of one len() and the key lookups
         lines = ["def convert(r):", f"    if _len(r) != {len(row)}:", "        return _other(r)",
@@ -109,7 +116,7 @@ class _Converters:
         reads, values, convert_lines = [], [], []
         for i, field in enumerate(self.fields):
             codec = codec_of(field)
-            env[f"_c{i}"] = _full(field, codec, self.text)
+            env[f"_c{i}"] = self._full(field, codec)
             x = f"x{i}"
             if field.name in given:
                 reads.append(f"        {x} = r[{given[field.name]!r}]")
@@ -119,7 +126,7 @@ class _Converters:
                 env[f"_d{i}"] = field.default
                 convert_lines.append(f"    {x} = _d{i}()")
             else:  # a constant default, converted once
-                env[f"_k{i}"] = (("\\N" if self.text else None) if field.default is None
+                env[f"_k{i}"] = (self.null_value if field.default is None
                                  else env[f"_c{i}"](field.default))
                 values.append(f"_k{i}")
                 continue
@@ -128,13 +135,10 @@ class _Converters:
             values.append(f"v{i}")
             convert_lines += ["    try:", f"        v{i} = {self._expression(x, i, field, codec)}",
                       "    except _VE as e:", f"        raise _VE(_L{i} + str(e)) from None"]
-        lines += reads or ["        pass"]
+        lines += reads  # never empty: every model has a field without a default
         lines += ["    except (KeyError, IndexError, TypeError):", "        return _other(r)"]
         lines += convert_lines
-        if self.text:  # an f-string of plain names: {v} is the value's str(), i.e. repr()
-            lines.append("    return f'" + "\\t".join("{" + v + "}" for v in values) + "\\n'")
-        else:
-            lines.append("    return (" + ", ".join(values) + ",)")
+        lines.append(self._result(values))
         exec("\n".join(lines), env)  # noqa: S102 - generated from field metadata only, see above
         convert: Callable = env["convert"]
         return convert
@@ -145,30 +149,63 @@ class _Converters:
             value = f"_c{i}({x})"
         else:
             cond, expr, kind = fast
-            if self.text:
-                expr = _COPY_INLINE[kind].format(v=expr, y=f"y{i}")
-            value = f"({expr} if {cond} else _c{i}({x}))"
+            value = f"({self._output(expr, kind, i)} if {cond} else _c{i}({x}))"
         if field.null:
-            null = "'\\\\N'" if self.text else "None"
-            return f"({null} if {x} is None else {value})"
+            return f"({self.null_source} if {x} is None else {value})"
         return value
 
+    def _environment(self) -> dict[str, Any]:
+        """The names the generated source may use."""
+        return {**INLINE_ENV, "_other": self.convert, "_len": len, "_VE": ValidationError}
 
-def _full(field: peewee.Field, codec: Any, text: bool) -> Callable[[Any], Any]:
-    """The codec's full conversion of one value (to storage, or to COPY text)."""
-    to_db, to_copy = codec.to_db, codec.to_copy
-    if isinstance(field, peewee.ForeignKeyField):
-        rel_model, rel_name = field.rel_model, field.rel_field.name
+    def _output(self, expr: str, kind: type, i: int) -> str:
+        """The source of an inline storage value as this output holds it."""
+        return expr
 
-        def convert(value: Any) -> Any:
-            if isinstance(value, rel_model):  # a model instance stands for its key
-                value = getattr(value, rel_name)
-            return to_copy(to_db(value)) if text else to_db(value)
+    def _full(self, field: peewee.Field, codec: Any) -> Callable[[Any], Any]:
+        """The codec's full conversion of one value to this output."""
+        return _storage(field, codec)
 
-        return convert
-    if text:
-        return lambda value: to_copy(to_db(value))
-    return to_db
+    def _result(self, values: list[str]) -> str:
+        """The generated source's return line: a tuple of the values."""
+        return "    return (" + ", ".join(values) + ",)"
+
+
+class _CopyConverters(_Converters):
+    """Row converters to COPY text lines: tab-separated, escaped, newline-terminated."""
+
+    null_source = "'\\\\N'"
+    null_value = "\\N"
+
+    def _environment(self) -> dict[str, Any]:
+        return {**super()._environment(), "_esc": copy_escape}
+
+    def _output(self, expr: str, kind: type, i: int) -> str:
+        return _COPY_INLINE[kind].format(v=expr, y=f"y{i}")
+
+    def _full(self, field: peewee.Field, codec: Any) -> Callable[[Any], Any]:
+        store, to_copy = _storage(field, codec), codec.to_copy
+        return lambda value: to_copy(store(value))
+
+    def _result(self, values: list[str]) -> str:
+        # an f-string of plain names: {v} is the value's str(), i.e. repr()
+        return "    return f'" + "\\t".join("{" + v + "}" for v in values) + "\\n'"
+
+
+def _storage(field: peewee.Field, codec: Any) -> Callable[[Any], Any]:
+    """The codec's conversion of one value to storage (a model instance stands for its key
+    in a foreign key)."""
+    to_db = codec.to_db
+    if not isinstance(field, peewee.ForeignKeyField):
+        return to_db
+    rel_model, rel_name = field.rel_model, field.rel_field.name
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, rel_model):
+            value = getattr(value, rel_name)
+        return to_db(value)
+
+    return convert
 
 
 def rows_argument(rows: object) -> None:
@@ -206,7 +243,8 @@ def bulk_insert(model: type[peewee.Model], rows: Iterable[Row],
     unknown = set(tuple_fields) - {f.name for f in all_fields}
     if unknown:
         raise ValidationError(f"unknown fields for {model.__name__}: {', '.join(sorted(unknown))}")
-    converters = _Converters(model, all_fields, tuple_fields, db.bulk_text)
+    converters = (_CopyConverters if db.bulk_text else _Converters)(model, all_fields,
+                                                                     tuple_fields)
     iterator = iter(rows)
     first = next(iterator, _END)
     if first is _END:
