@@ -18,7 +18,7 @@ import pytest
 
 from within_db import batch
 from within_db.errors import BulkInsertError, ReadOnlyError, ValidationError
-from within_db.models.campaigns import AdMetric, Campaign
+from within_db.models.campaigns import Ad, AdMetric, Campaign
 from within_db.models.ml_system import PredictionLog
 from within_db.models.users import User
 
@@ -525,9 +525,12 @@ def test_streamed_dicts_equal_peewee_dicts_for_every_value_kind(db):
     assert first["is_active"] is True and first["last_login_at"] is None
     assert first["n"] == 2
     latest = Campaign.select(peewee.fn.MAX(Campaign.created_at).alias("latest"),
-                             peewee.fn.MIN(Campaign.start_date).alias("first")).dicts()
+                             peewee.fn.MIN(Campaign.start_date).alias("first"),
+                             peewee.fn.SUM(Campaign.total_budget_micros).alias("budget")).dicts()
     assert list(batch.stream(latest)) == list(latest)
-    assert list(batch.stream(latest))[0]["latest"].tzinfo == UTC
+    row = list(batch.stream(latest))[0]
+    assert row["latest"].tzinfo == UTC and row["first"] == dt.date(2026, 1, 1)
+    assert row["budget"] == 1_002_000_000  # peewee leaves SUM() uncoerced: micros, as list()
     assert first["it's \"quoted\""] == campaign.name
     assert list(batch.stream(query.namedtuples())) == list(query.namedtuples())
     assert list(batch.stream(query.tuples())) == list(query.tuples())
@@ -555,14 +558,29 @@ def test_dataframe_dtypes_follow_the_fields(db):
     assert row["owner"] == str(owner.id) and row["total_budget_micros"] == 2.25
     assert row["metadata"] == {"k": 1} and bool(row["is_active"]) is True
     assert str(row["end_date"]) == "NaT" and str(row["seen"]) == "NaT"
-    logs = batch.to_dataframe(PredictionLog.select(PredictionLog.id, PredictionLog.ad,
-                                                   PredictionLog.latency_ms))
-    assert {c: str(t) for c, t in logs.dtypes.items()} == {"id": "Int64", "ad": "string",
-                                                           "latency_ms": "float64"}
-    assert len(logs) == 0
+    logs = PredictionLog.select(PredictionLog.id, PredictionLog.ad, PredictionLog.latency_ms,
+                                PredictionLog.created_at, Campaign.start_date,
+                                PredictionLog.features).join(Ad, peewee.JOIN.LEFT_OUTER) \
+        .join(Campaign, peewee.JOIN.LEFT_OUTER)
+    dtypes = {"id": "Int64", "ad": "string", "latency_ms": "float64",
+              "created_at": "datetime64[ns, UTC]", "start_date": "datetime64[ns]",
+              "features": "object"}
+    empty = batch.to_dataframe(logs)
+    assert {c: str(t) for c, t in empty.dtypes.items()} == dtypes and len(empty) == 0
+    version = make_version()
+    ad = make_ad()
+    batch.bulk_insert(PredictionLog, [_log(version, 0, ad=None, created_at=T0),
+                                      _log(version, 1, ad=ad.id, latency_ms=2.5)])
+    full = batch.to_dataframe(logs.order_by(PredictionLog.request_id))
+    assert {c: str(t) for c, t in full.dtypes.items()} == dtypes
+    assert full["ad"].isna().tolist() == [True, False] and full["ad"][1] == str(ad.id)
+    assert full["latency_ms"].isna().tolist() == [True, False] and full["latency_ms"][1] == 2.5
+    assert str(full["created_at"][0]) == "2026-01-01 00:00:00+00:00"
+    assert full["start_date"].isna().tolist() == [True, False]
+    assert str(full["start_date"][1]) == "2026-01-01 00:00:00"
 
 
-def test_dataframe_keeps_expression_columns(db):
+def test_dataframe_keeps_expression_columns(db, backend):
     pytest.importorskip("pandas")
     version = make_version()
     batch.bulk_insert(PredictionLog, [_log(version, i, score=i / 4) for i in range(4)])
@@ -577,6 +595,13 @@ def test_dataframe_keeps_expression_columns(db):
     empty = batch.to_dataframe(query.where(PredictionLog.score > 1))
     assert {c: str(t) for c, t in empty.dtypes.items()} == {"model_version": "Int64",
                                                             "n": "object"}
+    # an unaliased expression is named as its dict key: the driver's column name
+    bare = batch.to_dataframe(PredictionLog.select(PredictionLog.model_version,
+                                                   peewee.fn.COUNT(PredictionLog.id))
+                              .group_by(PredictionLog.model_version))
+    name = "count" if backend == "postgres" else "id"
+    assert bare.to_dict("records") == [{"model_version": version.id, name: 4}]
+    assert str(bare.dtypes[name]) == "object"
 
 
 @pytest.mark.parametrize("query", [None, "SELECT 1", PredictionLog])

@@ -200,7 +200,7 @@ def _columns(query: peewee.Select) -> list[_Column]:
     """Name every selected column the way ``to_dataframe`` does, by reference to its field."""
     out: list[_Column] = []
     for node in query.selected_columns:
-        target = node.unwrap() if isinstance(node, peewee.Node) else node
+        target = node.unwrap()
         if isinstance(node, peewee.Alias):
             name = node.name
         elif isinstance(target, peewee.Field):

@@ -130,7 +130,7 @@ def _dtypes(query: peewee.Select) -> dict[str, str | None]:
     """The declared pandas dtype of each field column of ``query``, by its dict key."""
     dtypes = {}
     for node in query.selected_columns:
-        field = node.unwrap() if isinstance(node, peewee.Node) else node
+        field = node.unwrap()
         if isinstance(field, peewee.Field):
             name = node.name if isinstance(node, peewee.Alias) else field.name
             dtypes[name] = _dtype_of(field)
