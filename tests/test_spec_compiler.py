@@ -670,3 +670,11 @@ def test_a_parameter_holding_a_mapping_is_one_value_too_many(world):
         'filter 0 ("source" eq): "eq" takes one value, not a list')
     assert execute_definition({**SPEND, "filters": [f("source", "in", {"param": "s"})]},
                               {"s": ("manual", "import")}) == [{"spend": Decimal(26)}]
+
+
+def test_parameter_names_are_refused_with_the_rule():
+    for name in ["1x", "x" * 65, 5, "a-b", ""]:
+        with pytest.raises(ValidationError) as info:
+            validate_definition({**SPEND, "filters": [f("source", "eq", {"param": name})]})
+        assert str(info.value) == ("filters.0.value: a parameter name is a letter or _ then "
+                                   "letters, digits or _ (at most 64)")
