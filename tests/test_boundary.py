@@ -227,6 +227,7 @@ VALID: dict[str, Callable[[World], dict[str, Any]]] = {
         {"model_version": w.version.id, "request_id": "b1", "score": 0.1}]},
     "batch.stream": lambda w: {"query": User.select().dicts()},
     "batch.to_dataframe": lambda w: {"query": User.select()},
+    "batch.to_arrow": lambda w: {"query": User.select()},
     "batch.partitions": lambda w: {"query": PredictionLog.select(), "n": 2},
     "batch.to_dask": lambda w: {"query": PredictionLog.select(), "npartitions": 2},
 }

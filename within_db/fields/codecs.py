@@ -16,6 +16,7 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from within_db.canonical import canonical_document, canonical_json
 from within_db.db import json_loads
 from within_db.errors import ValidationError
 
@@ -134,6 +135,10 @@ class Codec:
     - ``reader(db)`` returns the cheapest exact driver-value -> Python conversion for ``db``,
       or None when the driver already returns the Python value.
     - ``dtype`` is the pandas dtype of the column; ``parse(text)`` reads CLI text.
+    - ``arrow`` is the Arrow type of the column as pyarrow names it (``batch.to_arrow``,
+      Parquet archives); ``arrow_reader(db)`` turns a driver value into what pyarrow builds
+      that type from: a function per value, None for the driver value as it is, or ``str``
+      for ISO text that Arrow parses itself (a vectorised cast).
     - ``inline(var)`` optionally returns ``(condition, expression, type)``: source over the
       name ``var`` whose expression, when the condition holds, is the storage value, of that
       Python type (``SafeText``: text without characters COPY escapes); batch compiles these
@@ -145,6 +150,8 @@ class Codec:
     kind = "value"
     python_type: type | tuple[type, ...] = object
     dtype: str | None = None
+    #: None: no exact Arrow type (``batch.to_arrow`` refuses the column)
+    arrow: str | None = None
     #: whether ``parse`` reads CLI text (JSON cannot be compared with a typed value)
     parseable = True
     #: values are JSON-ready as they are (to_dict() keeps them)
@@ -161,6 +168,9 @@ class Codec:
 
     def reader(self, db: Any) -> Callable[[Any], Any] | None:
         return None
+
+    def arrow_reader(self, db: Any) -> Callable[[Any], Any] | type[str] | None:
+        return self.reader(db)
 
     def parse(self, text: str) -> Any:
         return self.validate(text)
@@ -181,6 +191,7 @@ class BoolCodec(Codec):
     kind = "boolean"
     python_type = bool
     dtype = "boolean"
+    arrow = "bool"
     _TEXT = {"true": True, "t": True, "1": True, "yes": True,
              "false": False, "f": False, "0": False, "no": False}
 
@@ -209,6 +220,7 @@ class IntCodec(Codec):
     kind = "integer"
     python_type = int
     dtype = "Int64"
+    arrow = "int64"  # 32-bit columns too: ids and keys join across tables whatever their width
 
     def __init__(self, low: int, high: int, bits: int):
         self.low, self.high, self.bits = low, high, bits
@@ -245,6 +257,7 @@ class FloatCodec(Codec):
     kind = "float"
     python_type = float
     dtype = "float64"
+    arrow = "double"
 
     def __init__(self, allow_nonfinite: bool = False):
         self.allow_nonfinite = allow_nonfinite
@@ -283,6 +296,7 @@ class TextCodec(Codec):
     kind = "text"
     python_type = str
     dtype = "string"
+    arrow = "string"
 
     def __init__(self, max_length: int):
         self.max_length = max_length
@@ -333,6 +347,7 @@ class UUIDCodec(Codec):
     kind = "UUID"
     python_type = uuid.UUID
     dtype = "string"
+    arrow = "string"  # canonical 36-character text: every engine joins and filters on it
 
     def validate(self, value: Any) -> uuid.UUID:
         if isinstance(value, uuid.UUID):
@@ -353,6 +368,10 @@ class UUIDCodec(Codec):
     def reader(self, db: Any) -> Callable[[Any], Any] | None:
         return None if db.native_uuids else uuid.UUID
 
+    def arrow_reader(self, db: Any) -> Callable[[Any], Any]:
+        # UUID.__str__, not str: a bare ``str`` means "ISO text for Arrow to cast"
+        return uuid.UUID.__str__ if db.native_uuids else _hex_to_text
+
     def parse(self, text: str) -> uuid.UUID:
         return self.validate(text.strip())
 
@@ -367,6 +386,7 @@ class DateCodec(Codec):
     kind = "date"
     python_type = dt.date
     dtype = "datetime64[ns]"
+    arrow = "date32[day]"
 
     def validate(self, value: Any) -> dt.date:
         if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
@@ -383,6 +403,9 @@ class DateCodec(Codec):
 
     def reader(self, db: Any) -> Callable[[Any], Any] | None:
         return None if db.native_dates else dt.date.fromisoformat
+
+    def arrow_reader(self, db: Any) -> type[str] | None:
+        return None if db.native_dates else str
 
     def parse(self, text: str) -> dt.date:
         return self.validate(text.strip())
@@ -401,6 +424,7 @@ class InstantCodec(Codec):
     kind = "instant"
     python_type = dt.datetime
     dtype = "datetime64[ns, UTC]"
+    arrow = "timestamp[us, tz=UTC]"
 
     def validate(self, value: Any) -> dt.datetime:
         if isinstance(value, str):
@@ -424,6 +448,10 @@ class InstantCodec(Codec):
     def reader(self, db: Any) -> Callable[[Any], Any]:
         return _as_utc if db.native_datetimes else dt.datetime.fromisoformat
 
+    def arrow_reader(self, db: Any) -> type[str] | None:
+        # aware datetimes convert to UTC in pyarrow; SQLite's fixed-width UTC text is cast
+        return None if db.native_datetimes else str
+
     def parse(self, text: str) -> dt.datetime:
         try:
             parsed = dt.datetime.fromisoformat(text.strip())
@@ -434,6 +462,13 @@ class InstantCodec(Codec):
     def inline(self, var: str) -> tuple[str, str, type]:
         return f"(type({var}) is _datetime and {var}.tzinfo is _UTC)", \
             f"{var}.isoformat(' ', 'microseconds')", SafeText
+
+
+def _hex_to_text(value: str) -> str:
+    # SQLite holds the 32 lower-case hex digits UUIDCodec.to_db writes; anything else parses
+    if len(value) == 32 and value == value.lower():
+        return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
+    return str(uuid.UUID(value))
 
 
 def _as_utc(value: dt.datetime) -> dt.datetime:
@@ -447,6 +482,7 @@ class MoneyCodec(Codec):
     kind = "amount"
     python_type = Decimal
     dtype = "float64"  # units as floats for modelling; query directly for exact Decimal
+    arrow = "int64"  # the stored micros, exact, under the column's *_micros name
 
     def validate(self, value: Any) -> Decimal:
         return Decimal(self.to_db(value)).scaleb(-6)
@@ -461,6 +497,9 @@ class MoneyCodec(Codec):
 
     def reader(self, db: Any) -> Callable[[Any], Any]:
         return _from_micros
+
+    def arrow_reader(self, db: Any) -> None:
+        return None
 
     def parse(self, text: str) -> Decimal:
         return self.validate(text.strip())
@@ -498,6 +537,7 @@ class JSONCodec(Codec):
     json_native = True
     kind = "JSON"
     parseable = False
+    arrow = "string"  # RFC 8785 text: equal on both backends, whatever shape each row has
     python_type = (dict, list, str, int, float, bool)
 
     def validate(self, value: Any) -> Any:
@@ -524,6 +564,9 @@ class JSONCodec(Codec):
 
     def reader(self, db: Any) -> Callable[[Any], Any] | None:
         return None if db.native_json else json_loads
+
+    def arrow_reader(self, db: Any) -> Callable[[Any], str]:
+        return canonical_json if db.native_json else canonical_document
 
     def parse(self, text: str) -> Any:
         raise ValidationError("JSON cannot be compared with a typed value")
