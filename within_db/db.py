@@ -36,6 +36,7 @@ from within_db.errors import (
     DatabaseUnavailableError,
     NotConnectedError,
     ReadOnlyError,
+    VerificationError,
     WithinDBError,
 )
 from within_db.url import DEFAULT_URL, SCHEMES, DatabaseURL, parse_url, redact_url
@@ -256,6 +257,15 @@ class Partition:
     end: dt.date
     rows: int
     bytes: int | None
+
+
+def _changed(table: str, month: dt.date, rows: int, expected: int | None,
+             done: dict[dt.date, int]) -> str:
+    what = "was not verified" if expected is None else f"was verified with {expected:,} rows"
+    kept = (f"; dropped before it: {', '.join(f'{m:%Y-%m}' for m in done)}" if done
+            else "; nothing was dropped")
+    return (f"{table} {month:%Y-%m} now holds {rows:,} rows but {what}; it was kept "
+            f"(archive it again){kept}")
 
 
 def month_start(value: dt.date) -> dt.date:
@@ -869,21 +879,31 @@ class SqliteDatabase(_Shared, _Reads, peewee.SqliteDatabase):
         return []
 
     def drop_partitions(self, table: str, column: str, months: list[dt.date],
-                        guards: dict[str, str], batch_size: int = 50_000) -> dict[dt.date, int]:
+                        guards: dict[str, str], batch_size: int = 50_000,
+                        expected: dict[dt.date, int] | None = None) -> dict[dt.date, int]:
         """Delete the rows of ``months`` in batches, each batch its own transaction.
 
         Returns {month: rows deleted}. Batches keep each write lock short, so readers in other
-        processes (WAL) and other writers get turns.
+        processes (WAL) and other writers get turns. With ``expected`` ({month: rows}), each
+        month is counted in its first batch's transaction and VerificationError raised, with
+        nothing of that month deleted, if the count differs.
         """
-        done = {}
+        done: dict[dt.date, int] = {}
         for month in months:
             low, high = f"{month:%Y-%m}-01", f"{next_month(month):%Y-%m}-01"
             sql = (f"DELETE FROM {_quote(table)} WHERE rowid IN (SELECT rowid FROM "  # noqa: S608
                    f"{_quote(table)} WHERE {_quote(column)} >= ? AND {_quote(column)} < ? "
                    f"LIMIT {int(batch_size)})")
+            count = (f"SELECT count(*) FROM {_quote(table)} WHERE {_quote(column)} >= ? "  # noqa: S608
+                     f"AND {_quote(column)} < ?")
             total = 0
             while True:
                 with self.write_transaction():
+                    if expected is not None and total == 0:
+                        rows = self.execute_sql(count, (low, high)).fetchone()[0]
+                        if rows != expected.get(month):
+                            raise VerificationError(
+                                _changed(table, month, rows, expected.get(month), done))
                     deleted = self.execute_sql(sql, (low, high)).rowcount
                 total += deleted
                 if deleted < batch_size:
@@ -1382,12 +1402,15 @@ class _PostgresBackend(_Reads, peewee.PostgresqlDatabase):
         return created
 
     def drop_partitions(self, table: str, column: str, months: list[dt.date],
-                        guards: dict[str, str], batch_size: int = 50_000) -> dict[dt.date, int]:
+                        guards: dict[str, str], batch_size: int = 50_000,
+                        expected: dict[dt.date, int] | None = None) -> dict[dt.date, int]:
         """Detach the partitions of ``months`` concurrently, then drop them; {month: rows}.
 
         Must run outside a transaction (DETACH ... CONCURRENTLY). Guard rows of the dropped
         rows are deleted after the detach, so a request id stays taken until its month is
-        gone. A detach interrupted earlier (still pending) is finalised.
+        gone. A detach interrupted earlier (still pending) is finalised. With ``expected``
+        ({month: rows}, say verified in an archive), a detached month is counted (no write can
+        reach it any more) and, if it differs, attached again and VerificationError raised.
         """
         attached = {}
         for name, bound, _est, _size, pending in self._partition_rows(table):
@@ -1400,11 +1423,16 @@ class _PostgresBackend(_Reads, peewee.PostgresqlDatabase):
             if pending is None and not self._exists(name):
                 done[month] = 0
                 continue
-            rows = self._count(name)
             if pending is not None:
                 mode = "FINALIZE" if pending else "CONCURRENTLY"
                 self.execute_sql(f"ALTER TABLE {_quote(table)} DETACH PARTITION {_quote(name)} "
                                  f"{mode}")
+            rows = self._count(name)
+            if expected is not None and rows != expected.get(month):
+                high = _ts(next_month(month))
+                self.execute_sql(f"ALTER TABLE {_quote(table)} ATTACH PARTITION {_quote(name)} "
+                                 f"FOR VALUES FROM ('{_ts(month)}') TO ('{high}')")
+                raise VerificationError(_changed(table, month, rows, expected.get(month), done))
             for guarded, guard in guards.items():
                 self.execute_sql(f"DELETE FROM {_quote(guard)} g USING {_quote(name)} d "  # noqa: S608
                                  f"WHERE g.{_quote(guarded)} = d.{_quote(guarded)}")

@@ -5,10 +5,10 @@ what was expected and what to run next; they never carry a password, token, hash
 """
 
 __all__ = [
-    "BulkInsertError", "ConfigurationError", "ConflictError", "DatabaseUnavailableError",
-    "InvalidTransitionError", "MigrationError", "NotConnectedError", "NotFoundError",
-    "NotMigratedError", "PermissionDeniedError", "ReadOnlyError", "ValidationError",
-    "WithinDBError",
+    "ArchiveDestinationError", "BulkInsertError", "ConfigurationError", "ConflictError",
+    "DatabaseUnavailableError", "InvalidTransitionError", "MigrationError", "NotConnectedError",
+    "NotFoundError", "NotMigratedError", "NothingToArchiveError", "PermissionDeniedError",
+    "ReadOnlyError", "ValidationError", "VerificationError", "WithinDBError",
 ]
 
 
@@ -92,3 +92,16 @@ class BulkInsertError(WithinDBError):
 class AuditChainError(WithinDBError):
     """The audit log failed verification: a row was changed, removed or inserted, or a signed
     checkpoint's head is missing or different."""
+
+
+class ArchiveDestinationError(WithinDBError):
+    """The archive's target is not a directory this process can write files in."""
+
+
+class NothingToArchiveError(WithinDBError):
+    """No month before the cutoff holds rows: there is nothing to write (or drop)."""
+
+
+class VerificationError(WithinDBError):
+    """A written copy does not match the database (its rows changed since, or the copy is
+    incomplete); nothing was dropped for the months it names."""

@@ -97,12 +97,16 @@ def ensure(ahead: int = DEFAULT_AHEAD, since: str | dt.date | None = None,
 
 
 def drop(before: str | dt.date, today: dt.date | None = None, model: Any = PredictionLog,
-         db: Backend | None = None) -> dict[dt.date, int]:
+         db: Backend | None = None,
+         expected: dict[dt.date, int] | None = None) -> dict[dt.date, int]:
     """Remove every month before ``before`` (YYYY-MM); return {month: rows removed}.
 
     PostgreSQL detaches each partition CONCURRENTLY and drops it, so it must run outside a
     transaction; SQLite deletes the rows in batches. The current month and later ones are
-    refused.
+    refused. ``expected`` ({month: rows}, e.g. what an archive verified) makes the drop
+    exact: a month whose row count differs when it is dropped (counted after the detach on
+    PostgreSQL, in the first batch's transaction on SQLite), or that is not in it, is kept
+    and VerificationError raised; the months before it stay dropped.
     """
     db = bound(db)
     table, column, guards = _layout(model)
@@ -117,4 +121,4 @@ def drop(before: str | dt.date, today: dt.date | None = None, model: Any = Predi
     with _connected(db):
         months = [p.start for p in db.partitions(table, column, exact=False)
                   if p.start < cutoff]
-        return db.drop_partitions(table, column, months, guards)
+        return db.drop_partitions(table, column, months, guards, expected=expected)
