@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_ARROW_BATCH", "arrow_schema", "require_pyarrow", "to_arrow"]
 
-#: rows per record batch: about 10 MB of prediction logs, Arrow's usual order of magnitude
-DEFAULT_ARROW_BATCH = 65_536
+#: rows per record batch: about 3 MB of prediction logs (and the driver rows behind them)
+DEFAULT_ARROW_BATCH = 16_384
 
 
 def require_pyarrow() -> Any:

@@ -159,8 +159,9 @@ def cli(ctx: click.Context, database_url: str | None, replica_url: str | None,
 
 
 def _register() -> None:
-    from within_db.cli import audit, inspect, migrate, partitions, roles, seed
+    from within_db.cli import archive, audit, inspect, migrate, partitions, roles, seed
 
+    cli.add_command(archive.archive)
     cli.add_command(audit.audit)
     cli.add_command(migrate.migrate)
     cli.add_command(roles.roles)
