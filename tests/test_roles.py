@@ -4,6 +4,7 @@ services and a seed, and cannot change the audit log by any statement.
 The cluster is shared: roles get random names and are dropped with their database at the end.
 """
 
+import datetime as dt
 import json
 import uuid
 
@@ -167,3 +168,52 @@ def test_roles_need_postgresql(tmp_path):
         role_setup_sql("within_owner", "within_app", db)
     result = _cli(f"sqlite:///{tmp_path / 'x.db'}", "roles", "sql", "--owner", "a", "--app", "b")
     assert result.exit_code == 2 and result.stderr.startswith("Error: roles need PostgreSQL")
+
+
+def test_months_made_by_ensure_belong_to_the_owner_and_the_app_writes_them(cluster):
+    """`partitions ensure` is a maintenance job: whoever runs it (the owner, or a DBA), a new
+    month belongs to prediction_logs' owner, and the app writes and reads it through the
+    parent's grants, without `roles setup` running again."""
+    from within_db.models.ml_system import PredictionLog
+    from within_db.services import ml_system as ml
+
+    url, owner, app = cluster
+    admin_db = make_database(url)
+    setup_roles(owner, app, admin_db)
+    owner_db = make_database(_as(url, owner))
+    migrate.upgrade(owner_db)
+    owner_db.close()
+    setup_roles(owner, app, admin_db)  # the app's grants on what the migrations made
+    # after it, the owner (cron) makes one month and a superuser the next
+    owner_db = make_database(_as(url, owner))
+    assert partitions.ensure(ahead=0, since="2031-01", today=dt.date(2031, 1, 1),
+                             db=owner_db) == ["prediction_logs_2031_01"]
+    owner_db.close()
+    with admin_db.connection_context():
+        assert partitions.ensure(ahead=0, since="2031-02", today=dt.date(2031, 2, 1),
+                                 db=admin_db) == ["prediction_logs_2031_02"]
+        owners = dict(admin_db.execute_sql(
+            "SELECT relname, pg_get_userbyid(relowner) FROM pg_class "
+            "WHERE relkind = 'r' AND relname LIKE 'prediction_logs_2031_%%'").fetchall())
+    assert owners == {"prediction_logs_2031_01": owner, "prediction_logs_2031_02": owner}
+
+    db = within_db.connect(_as(url, app))
+    try:
+        from within_db.models.ml_system import MLModel, ModelVersion
+
+        model = MLModel.create(name="least-months", task="classification")
+        version = ModelVersion.create(model=model, version=1, artifact_uri="s3://m")
+        when = [dt.datetime(2031, 1, 5, tzinfo=dt.UTC), dt.datetime(2031, 2, 5, tzinfo=dt.UTC)]
+        assert ml.log_predictions(version, [{"request_id": f"m{i}", "score": 0.5,
+                                             "created_at": w} for i, w in enumerate(when)]) == 2
+        assert PredictionLog.select().count() == 2
+        with pytest.raises(peewee.DatabaseError):  # dropping months stays the owner's
+            with db.atomic():
+                db.execute_sql("DROP TABLE prediction_logs_2031_01")
+    finally:
+        db.close()
+        database.initialize(None)
+    owner_db = make_database(_as(url, owner))  # and the owner can drop both, retention
+    with owner_db.connection_context():
+        dropped = partitions.drop("2031-03", today=dt.date(2031, 3, 1), db=owner_db)
+    assert dropped[dt.date(2031, 1, 1)] == dropped[dt.date(2031, 2, 1)] == 1

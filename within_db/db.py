@@ -1380,6 +1380,8 @@ class _PostgresBackend(_Reads, peewee.PostgresqlDatabase):
         CHECK matching its range) and then ATTACHed, which takes SHARE UPDATE EXCLUSIVE on
         the parent (``PARTITION OF`` would take ACCESS EXCLUSIVE). One short transaction per
         month, serialised with other ``ensure`` runs by an advisory lock, with a lock timeout.
+        A new partition is owned by the table's owner, whoever created it; the app role needs
+        no grant on it (privileges are checked on the table a query names, the parent).
         """
         created = []
         for month in months:
@@ -1392,6 +1394,13 @@ class _PostgresBackend(_Reads, peewee.PostgresqlDatabase):
                 check = _quote(f"{name}_bound_check")
                 self.execute_sql(f"CREATE TABLE {_quote(name)} (LIKE {_quote(table)} "
                                  "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE)")
+                # a month belongs to the table's owner, whoever ran ensure (a DBA, say), so
+                # the owner's retention job can detach and drop it
+                owner, me = self.execute_sql(
+                    "SELECT pg_get_userbyid(relowner), current_user FROM pg_class "
+                    "WHERE oid = %s::regclass", (_quote(table),)).fetchone()
+                if owner != me:
+                    self.execute_sql(f"ALTER TABLE {_quote(name)} OWNER TO {_quote(owner)}")
                 self.execute_sql(f"ALTER TABLE {_quote(name)} ADD CONSTRAINT {check} CHECK "
                                  f"({_quote(column)} >= '{low}' AND {_quote(column)} < '{high}')")
                 self.execute_sql(f"ALTER TABLE {_quote(table)} ATTACH PARTITION {_quote(name)} "
