@@ -1,6 +1,7 @@
 """Benchmark within_db against the raw drivers, side by side on SQLite and PostgreSQL.
 
     python scripts/bench.py [--rows N] [--postgres-url URL] [--repeat K]
+    python scripts/bench.py --only retention --partition-rows 100000 --archive-rows 200000
 
 Prints a markdown table of median times and their ratio to the raw reference of the same
 backend, measured in the same run (1.0 = as fast as the hand-written driver code; for the
@@ -13,17 +14,20 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import fcntl
+import itertools
 import json
 import os
 import platform
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
 import uuid
 from decimal import Decimal
+from pathlib import Path
 
 import psycopg2
 from playhouse.test_utils import count_queries
@@ -494,6 +498,174 @@ def bench_scaling(name: str, url: str, replica: str | None, n: int,
     return out
 
 
+# -- retention: partitions, drop against DELETE, archive to Parquet (issue 16) -------------------
+
+ARCHIVE_RUN = """
+import json, sys, time, datetime, within_db, pyarrow, pyarrow.parquet
+from within_db import archive
+within_db.connect(sys.argv[1])
+# Arrow's compute set-up costs ~50 MB once, at the first cast: not part of the archive's growth
+pyarrow.array(['2025-01-01 00:00:00+00:00']).cast(pyarrow.timestamp('us', 'UTC'))
+def kb(key):
+    return int(open('/proc/self/status').read().split(key + ':')[1].split()[0])
+open('/proc/self/clear_refs', 'w').write('5')  # Linux: reset the peak RSS (VmHWM)
+before = kb('VmRSS')
+start = time.perf_counter()
+done = archive.archive(sys.argv[2], sys.argv[3], today=datetime.date.today())
+seconds = time.perf_counter() - start
+print(json.dumps({"rows": sum(m.rows for m in done), "seconds": seconds,
+                  "grown_mb": (kb('VmHWM') - before) / 1024}))
+"""
+
+
+def month_rows(n: int, version_id: int, tag: str, month: dt.date):
+    """``n`` prediction rows spread over ``month`` (a generator: millions stay out of memory)."""
+    start = dt.datetime(month.year, month.month, 1, tzinfo=UTC)
+    step = 27 * 86_400 / max(n, 1)
+    for i in range(n):
+        yield {"model_version": version_id, "request_id": f"{tag}-{i}", "ad": None,
+               "score": (i % 1000) / 1000, "features": {"ctr_7d": 0.01 * (i % 7), "hour": i % 24,
+                                                        "platform": "meta"},
+               "latency_ms": 1.5 + (i % 10), "created_at": start + dt.timedelta(seconds=i * step)}
+
+
+class _Lines:
+    """A file-like object over COPY text lines, for the raw COPY reference."""
+
+    def __init__(self, lines):
+        self.lines = lines
+
+    def read(self, size: int = -1) -> str:
+        return "".join(itertools.islice(self.lines, 10_000))
+
+    readline = read
+
+
+def raw_pg_copy(conn, rows) -> None:
+    dumps = json.dumps
+    lines = (f"{r['model_version']}\t{r['request_id']}\t\\N\t{r['score']!r}\t"
+             f"{dumps(r['features'])}\t{r['latency_ms']!r}\t{r['created_at'].isoformat()}\n"
+             for r in rows)
+    with conn, conn.cursor() as cur:
+        cur.copy_expert(f"COPY prediction_logs ({', '.join(COLUMNS)}) FROM STDIN", _Lines(lines))
+
+
+def bench_retention(name: str, url: str, dsn_or_path: str, month_n: int,
+                    archive_n: int) -> list[tuple]:
+    """Loading a month, dropping it against the DELETE it replaces, archiving to Parquet.
+
+    Rows: (backend, measure, path, value, unit). January 2025 gets ``month_n`` rows (raw COPY
+    on PostgreSQL, the reference), February the rest of ``archive_n`` (bulk_insert); both are
+    archived, then January is dropped.
+    """
+    db = within_db.connect(url)
+    migrate.upgrade(db)
+    january, february = dt.date(2025, 1, 1), dt.date(2025, 2, 1)
+    partitions.ensure(since=january)
+    conn = (raw_sqlite_connection(dsn_or_path) if name == "sqlite"
+            else psycopg2.connect(dsn_or_path))
+    out = []
+    model = MLModel.create(name=f"keep-{uuid.uuid4().hex[:8]}", task="classification")
+    version = ModelVersion.create(model=model, version=1, artifact_uri="s3://bench")
+    rest = max(archive_n - month_n, 0)
+    if name == "postgres":
+        start = time.perf_counter()
+        raw_pg_copy(conn, month_rows(month_n, version.id, "jan", january))
+        t_raw = time.perf_counter() - start
+        out.append((name, f"load {month_n:,} rows into one month", "raw COPY", month_n / t_raw,
+                    "rows/s"))
+    else:
+        batch.bulk_insert(PredictionLog, month_rows(month_n, version.id, "jan", january))
+    if rest:
+        start = time.perf_counter()
+        batch.bulk_insert(PredictionLog, month_rows(rest, version.id, "feb", february))
+        t_ours = time.perf_counter() - start
+        out.append((name, f"load {rest:,} rows into one month", "within_db bulk_insert",
+                    rest / t_ours, "rows/s"))
+        if name == "postgres" and rest == month_n:
+            out.append((name, f"load {rest:,} rows into one month",
+                        "bulk_insert time / raw COPY time", t_ours / t_raw, "ratio"))
+    if name == "postgres":
+        within_db.database.execute_sql("VACUUM ANALYZE prediction_logs")
+    db.close()
+
+    with tempfile.TemporaryDirectory() as lake:
+        run = subprocess.run([sys.executable, "-c", ARCHIVE_RUN, url, "2025-03", lake],
+                             capture_output=True, text=True, check=True)
+        report = json.loads(run.stdout)
+        assert report["rows"] == month_n + rest, report
+        size = sum(p.stat().st_size for p in Path(lake).rglob("*.parquet"))
+    total = f"archive {report['rows']:,} rows (2 months)"
+    out += [(name, total, "rows/s", report["rows"] / report["seconds"], "rows/s"),
+            (name, total, "peak RSS growth", report["grown_mb"], "MB"),
+            (name, total, "Parquet size", size / 1e6, "MB")]
+
+    # the DELETE a partition drop replaces, rolled back so the same rows are dropped after
+    low, high = (f"{m:%Y-%m-%d} 00:00:00+00:00" for m in (january, february))
+    if name == "sqlite":
+        low, high = low[:10], high[:10]  # UTC text: the date sorts before every instant of it
+    if name == "postgres":
+        with conn.cursor() as cur:
+            start = time.perf_counter()
+            cur.execute("DELETE FROM prediction_logs WHERE created_at >= %s AND created_at < %s",
+                        (low, high))
+            t_delete = time.perf_counter() - start
+            assert cur.rowcount == month_n
+        conn.rollback()
+    else:
+        conn.execute("BEGIN")
+        start = time.perf_counter()
+        deleted = conn.execute("DELETE FROM prediction_logs WHERE created_at >= ? AND "
+                               "created_at < ?", (low, high)).rowcount
+        t_delete = time.perf_counter() - start
+        conn.execute("ROLLBACK")
+        assert deleted == month_n
+    conn.close()
+    db = within_db.connect(url)
+    start = time.perf_counter()
+    dropped = partitions.drop("2025-02")
+    t_drop = time.perf_counter() - start
+    assert dropped == {january: month_n}, dropped
+    what = f"remove a month of {month_n:,} rows"
+    ours = ("partitions drop (DETACH CONCURRENTLY + DROP)" if name == "postgres"
+            else "partitions drop (DELETE in batches of 50,000)")
+    out += [(name, what, "DELETE ... WHERE created_at in the month (one transaction)",
+             t_delete, "s"),
+            (name, what, ours, t_drop, "s")]
+    db.close()
+    return out
+
+
+def bench_retention_main(args: argparse.Namespace) -> None:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "retention.db")
+        results += bench_retention("sqlite", f"sqlite:///{path}", path, args.partition_rows,
+                                   args.archive_rows)
+    admin = psycopg2.connect(args.postgres_url)
+    admin.autocommit = True
+    name = f"within_bench_{uuid.uuid4().hex[:8]}"
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = args.postgres_url.rpartition("/")[0] + "/" + name
+        results += bench_retention("postgres", url, url, args.partition_rows, args.archive_rows)
+    finally:
+        if within_db.database.obj is not None:
+            within_db.database.obj.close()
+        admin.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.close()
+    print(f"Retention: a month of {args.partition_rows:,} rows, an archive of "
+          f"{args.archive_rows:,}; {dt.date.today()}, {platform.machine()} {os.cpu_count()} "
+          f"cores, Python {sys.version.split()[0]}\n")
+    print("| backend | measure | path | value | unit |")
+    print("|---|---|---|---:|---|")
+    for backend, measure, path, value, unit in results:
+        shown = (f"{value:,.0f}" if unit == "rows/s" else f"{value:.2f}x" if unit == "ratio"
+                 else f"{value:.1f}" if unit == "MB" else f"{value:.3f}")
+        print(f"| {backend} | {measure} | {path} | {shown} | {unit} |")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
@@ -505,13 +677,22 @@ def main() -> None:
     parser.add_argument("--replica-url", default=os.environ.get(
         "WITHIN_DB_TEST_REPLICA_URL", "postgresql://root@127.0.0.1:5433/test"),
         help="streaming replica of --postgres-url's server (scripts/ensure_replica.sh)")
-    parser.add_argument("--only", choices=("all", "drivers", "scaling"), default="all",
+    parser.add_argument("--partition-rows", type=int, default=1_000_000,
+                        help="rows in the month the retention section drops")
+    parser.add_argument("--archive-rows", type=int, default=2_000_000,
+                        help="rows the retention section archives to Parquet (two months)")
+    parser.add_argument("--only", choices=("all", "drivers", "scaling", "retention"),
+                        default="all",
                         help="drivers: within_db against the raw drivers; scaling: replica "
-                             "reads, read_your_writes and Dask (needs the dask extra)")
+                             "reads, read_your_writes and Dask (needs the dask extra); "
+                             "retention: partition drop against DELETE, archive to Parquet "
+                             "(needs the lake extra)")
     args = parser.parse_args()
-    if args.only != "drivers":
+    if args.only in ("all", "retention"):
+        bench_retention_main(args)
+    if args.only in ("all", "scaling"):
         bench_scaling_main(args)
-    if args.only == "scaling":
+    if args.only in ("scaling", "retention"):
         return
 
     results = []
