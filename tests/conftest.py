@@ -4,11 +4,16 @@ PostgreSQL comes from WITHIN_DB_TEST_POSTGRES_URL (an admin connection); each se
 throwaway database and drops it. WITHIN_DB_REQUIRE_POSTGRES=1 turns an unreachable server
 into a failure instead of a skip. The streaming replica of that server (scripts/ensure_replica.sh)
 comes from WITHIN_DB_TEST_REPLICA_URL; replica tests read each throwaway database through it.
+WITHIN_DB_TEST_BACKENDS (sqlite, postgres or both, the default) picks the backends;
+WITHIN_DB_TEST_REUSE_DIR keeps migrated and seeded template databases there across runs (the
+mutation runs start pytest thousands of times; migrating each time would dominate).
 """
 
 import contextlib
 import fcntl
+import hashlib
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -40,7 +45,28 @@ REPLICA_LOCK = "/tmp/within_db_replica_tests.lock"
 # DROP DATABASE waits for a restartpoint): replica tests assert where reads go and what they
 # see, not how fast, so they allow generous lag and waits.
 REPLICA_TEST_OPTIONS = {"max_replica_lag": 600.0, "replica_wait": 120.0}
-BACKENDS = ("sqlite", "postgres")
+ALL_BACKENDS = ("sqlite", "postgres")
+_CHOSEN = {part.strip() for part in
+           os.environ.get("WITHIN_DB_TEST_BACKENDS", ",".join(ALL_BACKENDS)).split(",")}
+BACKENDS = tuple(kind for kind in ALL_BACKENDS if kind in _CHOSEN)
+REUSE_DIR = os.environ.get("WITHIN_DB_TEST_REUSE_DIR") or None
+# databases of runs sharing a REUSE_DIR carry its tag, so drop_templates finds those a killed
+# run left behind
+_TAG = (hashlib.sha256(str(Path(REUSE_DIR).resolve()).encode()).hexdigest()[:8] + "_"
+        if REUSE_DIR else "")
+
+
+def pytest_configure(config):
+    unknown = _CHOSEN - set(ALL_BACKENDS)
+    if unknown or not BACKENDS:
+        raise pytest.UsageError(
+            f"WITHIN_DB_TEST_BACKENDS={os.environ['WITHIN_DB_TEST_BACKENDS']!r}: expected "
+            "sqlite, postgres or sqlite,postgres")
+    if REQUIRE_PG and "postgres" not in BACKENDS:
+        # CI must never pass by leaving PostgreSQL out
+        raise pytest.UsageError(
+            "WITHIN_DB_REQUIRE_POSTGRES=1 but WITHIN_DB_TEST_BACKENDS leaves PostgreSQL out: "
+            "unset one of them")
 
 # Property tests run inside a database transaction (a savepoint per example); deadlines mean
 # nothing on a shared 2-core machine. CI keeps the example count modest for both backends.
@@ -48,6 +74,9 @@ _PROFILE = dict(deadline=None, derandomize=False,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 settings.register_profile("ci", max_examples=40, **_PROFILE)
 settings.register_profile("dev", max_examples=20, **_PROFILE)
+# scripts/mutation.py: the same examples in every run, and no example database shared by runs
+settings.register_profile("mutation", max_examples=20,
+                          **{**_PROFILE, "derandomize": True, "database": None})
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE")
                       or ("ci" if os.environ.get("CI") else "dev"))
 
@@ -71,17 +100,27 @@ class Databases:
         self.tmp = tmp_path_factory
         self.created = []
 
-    def new_url(self) -> str:
+    def new_url(self, state: str | None = None) -> str:
+        """A new database: empty, or in ``state`` (a key of _STATES)."""
+        template = _template(self.kind, state) if state and REUSE_DIR else None
         if self.kind == "sqlite":
-            return f"sqlite:///{self.tmp.mktemp('db') / 'within.db'}"
-        name = f"within_test_{uuid.uuid4().hex[:12]}"
-        admin = _admin()
-        try:
-            admin.execute_sql(f'CREATE DATABASE "{name}"')
-        finally:
-            admin.close()
-        self.created.append(name)
-        return _pg_url(name)
+            path = self.tmp.mktemp("db") / "within.db"
+            if template:
+                shutil.copyfile(template, path)
+            url = f"sqlite:///{path}"
+        else:
+            name = f"within_test_{_TAG}{uuid.uuid4().hex[:12]}"
+            clause = f' TEMPLATE "{template}"' if template else ""
+            admin = _admin()
+            try:
+                admin.execute_sql(f'CREATE DATABASE "{name}"{clause}')
+            finally:
+                admin.close()
+            self.created.append(name)
+            url = _pg_url(name)
+        if state and not template:
+            _STATES[state](url)
+        return url
 
     def drop_all(self):
         if not self.created:
@@ -96,6 +135,8 @@ class Databases:
 
 @pytest.fixture(scope="session")
 def postgres_available():
+    if "postgres" not in BACKENDS:
+        pytest.skip("PostgreSQL left out by WITHIN_DB_TEST_BACKENDS")
     try:
         _admin().close()
     except (within_db.errors.WithinDBError, psycopg2.Error, peewee.PeeweeException) as exc:
@@ -222,13 +263,92 @@ def migrate_for_tests(db):
     partitions.ensure(since=TEST_DATA_SINCE, db=db)
 
 
-@pytest.fixture(scope="session")
-def migrated_url(databases):
-    url = databases.new_url()
+def _migrate_url(url: str) -> None:
     db = within_db.db.make_database(url)
     migrate_for_tests(db)
     db.close()
-    return url
+
+
+def _seed_url(url: str) -> None:
+    from within_db.seed import run_seed
+
+    db = within_db.connect(url)
+    run_seed(db, "tiny")
+    db.close()
+    database.initialize(None)
+
+
+def _upgrade_url(url: str) -> None:
+    db = within_db.db.make_database(url)
+    migrate.upgrade(db)
+    db.close()
+
+
+#: how a new database reaches each state (with WITHIN_DB_TEST_REUSE_DIR: once, into a template)
+_STATES = {"migrated": _migrate_url, "upgraded": _upgrade_url, "seeded": _seed_url}
+
+
+def _template(kind: str, state: str) -> str:
+    """The template of ``state`` in REUSE_DIR (a file, or a PostgreSQL database), made once.
+
+    Keyed by the migrations' text; the directory stands for one state of the library, so
+    whoever sets it empties it (and drops its templates: drop_templates) when the code changes.
+    """
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "migrations").glob("*.py")):
+        digest.update(path.read_bytes())
+    key = f"{state}_{digest.hexdigest()[:10]}"
+    reuse = Path(REUSE_DIR).resolve()
+    reuse.mkdir(parents=True, exist_ok=True)
+    marker = reuse / f"{kind}_{key}"
+    with open(reuse / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one pytest process builds it, the others wait
+        if marker.exists():
+            return str(marker) if kind == "sqlite" else marker.read_text()
+        if kind == "sqlite":
+            building = reuse / f"building_{uuid.uuid4().hex[:8]}.db"
+            _STATES[state](f"sqlite:///{building}")
+            building.replace(marker)
+            return str(marker)
+        name = "within_tpl_" + hashlib.sha256(f"{reuse}/{key}".encode()).hexdigest()[:16]
+        admin = _admin()
+        try:
+            admin.execute_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute_sql(f'CREATE DATABASE "{name}"')
+        finally:
+            admin.close()
+        _STATES[state](_pg_url(name))
+        marker.write_text(name)
+        return name
+
+
+def build_templates(kind: str) -> None:
+    """Make every template of ``kind`` in WITHIN_DB_TEST_REUSE_DIR now, with this code."""
+    for state in _STATES:
+        _template(kind, state)
+
+
+def drop_templates(reuse_dir: str) -> None:
+    """Drop the PostgreSQL templates of a WITHIN_DB_TEST_REUSE_DIR, and the test databases
+    of runs that used it, then empty it."""
+    reuse = Path(reuse_dir)
+    names = [p.read_text() for p in reuse.glob("postgres_*")]
+    if reuse.exists() and "postgres" in BACKENDS:
+        tag = hashlib.sha256(str(reuse.resolve()).encode()).hexdigest()[:8]
+        admin = _admin()
+        try:
+            rows = admin.execute_sql("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                     (f"within\\_test\\_{tag}\\_%",)).fetchall()
+            for name in names + [row[0] for row in rows]:
+                admin.execute_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            admin.close()
+    shutil.rmtree(reuse, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def migrated_url(databases):
+    return databases.new_url("migrated")
 
 
 @pytest.fixture(scope="session")
@@ -250,9 +370,11 @@ def db(session_db):
 
 
 @pytest.fixture
-def fresh_url(databases):
-    """The URL of a new, empty database of the backend, for tests that commit."""
-    return databases.new_url()
+def fresh_url(request, databases):
+    """The URL of a new database of the backend, for tests that commit: empty, or migrated
+    when the test also asks for ``migrated_fresh_db``."""
+    migrated = "migrated_fresh_db" in request.fixturenames
+    return databases.new_url("migrated" if migrated else None)
 
 
 @pytest.fixture
@@ -265,21 +387,14 @@ def fresh_db(fresh_url):
 
 @pytest.fixture
 def migrated_fresh_db(fresh_db):
-    migrate_for_tests(fresh_db)
+    """``fresh_db``, migrated (its ``fresh_url`` made it so)."""
     return fresh_db
 
 
 @pytest.fixture(scope="session")
 def seeded_url(databases):
     """A database of the backend filled by ``within-db seed --scale tiny`` (read-only use)."""
-    from within_db.seed import run_seed
-
-    url = databases.new_url()
-    db = within_db.connect(url)
-    run_seed(db, "tiny")
-    db.close()
-    database.initialize(None)
-    return url
+    return databases.new_url("seeded")
 
 
 @pytest.fixture
@@ -302,8 +417,4 @@ def anyio_backend():
 @pytest.fixture(scope="session")
 def aio_url(databases):
     """A migrated database of the backend for the async and API tests (they commit)."""
-    url = databases.new_url()
-    db = within_db.db.make_database(url)
-    migrate.upgrade(db)
-    db.close()
-    return url
+    return databases.new_url("upgraded")
