@@ -40,7 +40,7 @@ __all__ = ["DEFAULT_ROW_GROUP", "ArchivePlan", "ArchivedMonth", "archive", "mont
 
 #: rows per Parquet row group: about 25 MB of prediction logs before compression, at the low
 #: end of the 128k-1M rows lake engines read well, because one row group is what a write holds
-#: in memory (measured: peak RSS growth ~100 MB, whatever the month's size)
+#: in memory (measured: peak RSS growth ~125 MB, whatever the month's size)
 DEFAULT_ROW_GROUP = 131_072
 _KEY = b"within_db.archive"  # the file's key-value metadata: which table and month it holds
 
