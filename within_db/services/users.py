@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import ipaddress
+import re
 import secrets
 import unicodedata
 import uuid
@@ -59,6 +61,9 @@ VISIBLE_PREFIX = 12
 # Scripts whose letters pass for each other (o/о/ο): one address may use only one of them.
 CONFUSABLE_SCRIPTS = ("LATIN", "CYRILLIC", "GREEK")
 _PROFILE_KEYS = ("display_name", "company", "timezone", "locale", "preferences")
+# The PHC string argon2-cffi writes: parameters, then base64 salt and hash without padding.
+_ARGON2ID_HASH = re.compile(r"\$argon2id\$v=[0-9]+\$m=[0-9]+,t=[0-9]+,p=[0-9]+"
+                            r"\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+\Z")
 
 
 def _scripts(part: str) -> set[str]:
@@ -150,8 +155,9 @@ def create_user(email: str, password: str | None = None, *, full_name: str = "",
         password_hash = hash_password(password)
     elif password is not None:
         raise ValidationError("pass password or password_hash, not both")
-    elif not isinstance(password_hash, str) or not password_hash.startswith("$argon2id$") \
-            or len(password_hash) > Credential.password_hash.max_length:
+    elif not isinstance(password_hash, str) \
+            or len(password_hash) > Credential.password_hash.max_length \
+            or not _ARGON2ID_HASH.match(password_hash):
         raise ValidationError("password_hash must be an Argon2id hash from hash_password()")
     extra = {"created_at": created_at, "updated_at": created_at} if created_at else {}
     with conflict_on("users_email", "a user with that email already exists"), \
@@ -248,8 +254,13 @@ def authenticate(email: str, password: str, ip: str | None = None) -> User | Non
 
 
 def _ip(ip: object) -> None:
+    # checked before the work (a hash verification, a lookup) that the audit event would undo
     if ip is not None:
         check.text(ip, "ip", max_length=45)
+        try:
+            ipaddress.ip_address(ip.strip())
+        except ValueError:
+            raise ValidationError("ip: not an IPv4 or IPv6 address") from None
 
 
 @public_api
@@ -472,14 +483,19 @@ def has_permission(user: User, codename: str) -> bool:
 
 @public_api
 def permissions_of(user: User) -> set[str]:
-    """Return the codenames ``user`` holds (every permission for a superuser). One query."""
+    """Return the codenames ``user`` holds: every permission for a superuser, none while
+    inactive. Read from the database, not from the instance. One query."""
     check.instance(user, User, "user")
-    if user.is_superuser:
-        return {p.codename for p in Permission.select(Permission.codename)}
-    query = (Permission.select(Permission.codename).distinct()
-             .join(RolePermission, on=(RolePermission.permission == Permission.id))
-             .join(UserRole, on=(UserRole.role == RolePermission.role))
-             .where(UserRole.user == user.id))
+    # the same rules as has_permission, over every permission at once
+    active = User.select(User.id).where(User.id == user.id, User.is_active == True)  # noqa: E712
+    superuser = active.where(User.is_superuser == True)  # noqa: E712
+    through_roles = (UserRole.select(UserRole.id)
+                     .join(RolePermission, on=(RolePermission.role == UserRole.role))
+                     .where(UserRole.user == user.id,
+                            RolePermission.permission == Permission.id))
+    query = Permission.select(Permission.codename).where(
+        peewee.fn.EXISTS(superuser) | (peewee.fn.EXISTS(active)
+                                       & peewee.fn.EXISTS(through_roles)))
     return {p.codename for p in query}
 
 
