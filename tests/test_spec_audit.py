@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import re
 import threading
 import time
 import uuid
@@ -385,21 +384,28 @@ def test_the_checkpoint_key(monkeypatch):
     assert audit_key("x" * 32) == b"x" * 32
     assert audit_key(b"\xff" * 32) == b"\xff" * 32
     assert audit_key("é" * 16) == ("é" * 16).encode()  # 32 bytes of UTF-8
+    short_message = ("WITHIN_DB_AUDIT_KEY is shorter than 32 characters; use a random secret "
+                     "such as the output of `openssl rand -hex 32`")
+    unset_message = ("WITHIN_DB_AUDIT_KEY is not set: checkpoints are signed with a secret of "
+                     "at least 32 characters (e.g. `openssl rand -hex 32`)")
     for short in ("x" * 31, b"x" * 31, "é" * 15 + "x"):
-        with pytest.raises(ConfigurationError, match="shorter than 32 characters") as info:
+        with pytest.raises(ConfigurationError) as info:
             audit_key(short)
-        assert "xxxxx" not in str(info.value)
-    with pytest.raises(ConfigurationError, match="WITHIN_DB_AUDIT_KEY is not set"):
-        audit_key()
-    monkeypatch.setenv("WITHIN_DB_AUDIT_KEY", "")
-    with pytest.raises(ConfigurationError, match="WITHIN_DB_AUDIT_KEY is not set"):
-        audit_key()
+        assert str(info.value) == short_message
+    for environment in (None, ""):
+        if environment is not None:
+            monkeypatch.setenv("WITHIN_DB_AUDIT_KEY", environment)
+        with pytest.raises(ConfigurationError) as info:
+            audit_key()
+        assert str(info.value) == unset_message
     monkeypatch.setenv("WITHIN_DB_AUDIT_KEY", KEY)
     assert audit_key() == KEY.encode()
     assert audit_key("z" * 40) == b"z" * 40  # an explicit key wins
-    for bad in (5, ["k"], 3.0, bytearray(b"y" * 32)):
-        with pytest.raises(ValidationError, match="key must be text or bytes, not"):
+    for bad, kind in ((5, "int"), (["k"], "list"), (3.0, "float"),
+                      (bytearray(b"y" * 32), "bytearray")):
+        with pytest.raises(ValidationError) as info:
             audit_key(bad)
+        assert str(info.value) == f"key must be text or bytes, not {kind}"
 
 
 def test_verification_uses_the_given_key(db, monkeypatch):
@@ -421,25 +427,36 @@ def _malformed(good):
         {**good, "last_id": 1.0}, {**good, "rows": True}, {**good, "rows": "3"},
         {**good, "row_hash": None}, {**good, "at": 5}, {**good, "signature": None},
         {**good, "extra": 1}, without("v"), without("signature"), without("rows"),
-        [good], "not json", b"[1]", "null", 5,
+        [good], b"[1]", "null", 5,
     ]
+
+
+MALFORMED = ("checkpoint 2 is malformed; expected the fields v, last_id, row_hash, rows, at, "
+             "signature")
 
 
 def test_malformed_checkpoints_are_refused_by_position(db):
     _chain(2)
     good = json.loads(checkpoint(KEY))
     for bad in _malformed(good):
-        with pytest.raises(ValidationError, match="^checkpoint 2 ") as info:
+        with pytest.raises(ValidationError) as info:
             verify_audit_chain(checkpoints=[good, bad], key=KEY)
-        assert KEY not in str(info.value)
+        assert str(info.value) == MALFORMED
+    for bad in ("not json", b"{", ""):
+        with pytest.raises(ValidationError) as info:
+            verify_audit_chain(checkpoints=[good, bad], key=KEY)
+        assert str(info.value) == ("checkpoint 2 is not JSON; expected one line of "
+                                   "`within-db audit checkpoint`")
     signed_at = good["at"]
     for forged in ({**good, "rows": 3}, {**good, "at": "2000-01-01T00:00:00+00:00"},
-                   {**good, "last_id": None}, {**good, "signature": good["signature"].upper()}):
-        with pytest.raises(ValidationError, match="^checkpoint 1 .* has an invalid signature: "
-                           "it was altered or signed with another WITHIN_DB_AUDIT_KEY"):
+                   {**good, "last_id": None}, {**good, "signature": good["signature"].upper()},
+                   {**good, "row_hash": GENESIS}):
+        with pytest.raises(ValidationError) as info:
             verify_audit_chain(checkpoints=[forged], key=KEY)
-    with pytest.raises(ValidationError, match=re.escape(f"(signed at {signed_at})")):
-        verify_audit_chain(checkpoints=[{**good, "rows": 3}], key=KEY)
+        assert str(info.value) == (f"checkpoint 1 (signed at {forged['at']}) has an invalid "
+                                   "signature: it was altered or signed with another "
+                                   "WITHIN_DB_AUDIT_KEY")
+    assert signed_at != "2000-01-01T00:00:00+00:00"
 
 
 @pytest.mark.parametrize("checkpoints", ["line", b"line", {"v": 1}, 5])
