@@ -186,6 +186,28 @@ def test_ip_misuse_is_refused(db, ip, message):
     assert AuditLog.select().count() == 0
 
 
+def _deep(levels):
+    node = value = {}
+    for _ in range(levels):
+        node["d"] = {}
+        node = node["d"]
+    return value
+
+
+@pytest.mark.parametrize("metadata,message", [
+    ([1], "metadata must be a dict with text keys, not list"),
+    ({1: "x"}, "metadata must be a dict with text keys, not dict"),
+    ({"v": 10**1001}, "metadata: integer longer than 1000 digits"),
+    (_deep(65), "metadata: nested deeper than 64 levels"),
+    ({"v": "\ud800"}, "metadata contains an unpaired surrogate, which UTF-8 cannot encode"),
+])
+def test_metadata_refusals_name_the_metadata(db, metadata, message):
+    with pytest.raises(ValidationError) as info:
+        record_event(None, "x.meta", metadata=metadata)
+    assert str(info.value) == message
+    assert AuditLog.select().count() == 0
+
+
 def test_metadata_and_instant_are_stored_as_given(db):
     rows = [record_event(None, "x.meta"), record_event(None, "x.meta", metadata={}),
             record_event(None, "x.meta", metadata={"f": 2.0, "t": (1, 2)}, created_at=T0)]
@@ -197,6 +219,9 @@ def test_metadata_and_instant_are_stored_as_given(db):
     assert before <= AuditLog.get_by_id(row.id).created_at <= dt.datetime.now(UTC)
     action = "a" * 64
     assert AuditLog.get_by_id(record_event(None, action).id).action == action
+    for deepest in (_deep(64), {"v": 10**1000 - 1}):  # the limits exactly
+        assert AuditLog.get_by_id(record_event(None, "x.limit", metadata=deepest).id).metadata \
+            == deepest
     assert verify_audit_chain().ok
 
 

@@ -260,6 +260,29 @@ def test_email_length_limits():
         svc.validate_email(None)
 
 
+@pytest.mark.parametrize("email", [
+    "иван@example.com",  # one script per part: Cyrillic local part, Latin domain
+    "owner@пример.com", "owner@пример.рф", "owner@ex.пример.com",
+    "\U00017000x@example.com",  # a letter unicodedata has no name for (Tangut)
+])
+def test_each_part_of_an_address_may_use_its_own_script(email):
+    assert svc.validate_email(email) == email
+
+
+@pytest.mark.parametrize("email,message", [
+    ("", "email is empty"), ("  ", "email is empty"), (None, "email is empty"),
+    ("оwner@example.com", "email mixes Latin, Cyrillic or Greek letters in one part; "
+                          "look-alike addresses are refused"),
+    ("owner@exаmple.com", "email mixes Latin, Cyrillic or Greek letters in one part; "
+                          "look-alike addresses are refused"),
+    ("owner@example.com\u200b", "email contains a control or invisible character (U+200B)"),
+    ("a" * 1017, "email is longer than 254 characters"),
+])
+def test_email_refusals_say_what_is_wrong(email, message):
+    with refused(message):
+        svc.validate_email(email)
+
+
 def test_find_user_by_uuid_text_or_email_and_misuse(db):
     user = svc.create_user("jane@example.com", PASSWORD)
     assert svc.find_user(user.id).id == user.id
