@@ -256,9 +256,9 @@ def authenticate(email: str, password: str, ip: str | None = None) -> User | Non
 def _ip(ip: object) -> None:
     # checked before the work (a hash verification, a lookup) that the audit event would undo
     if ip is not None:
-        check.text(ip, "ip", max_length=45)
+        text = check.text(ip, "ip", max_length=45)
         try:
-            ipaddress.ip_address(ip.strip())
+            ipaddress.ip_address(text.strip())
         except ValueError:
             raise ValidationError("ip: not an IPv4 or IPv6 address") from None
 
