@@ -207,6 +207,18 @@ def test_ip_misuse_is_refused(db, ip, message):
     assert AuditLog.select().count() == 0
 
 
+def test_text_that_spells_a_nul_escape_is_stored_and_verifies(db):
+    # "\\u0000" is six characters of text, not a NUL: JSON writes it "\\\\u0000"
+    metadata = {"": "\\u0000", "k\\u0000": ["\\\\u0000", "a\\\\\\u0000"]}
+    row = record_event(None, "x.text", metadata=metadata)
+    assert AuditLog.get_by_id(row.id).metadata == metadata
+    assert verify_audit_chain().ok
+    for nul in ({"v": "\x00"}, {"v": "\\\x00"}, {"\x00": 1}, {"v": ["\\\\\x00"]}):
+        with pytest.raises(ValidationError):
+            record_event(None, "x.text", metadata=nul)
+    assert AuditLog.select().count() == 1
+
+
 def _deep(levels):
     node = value = {}
     for _ in range(levels):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 import unicodedata
 import uuid
 from collections.abc import Callable
@@ -522,6 +523,11 @@ _c_encoder = _make_encoder and _make_encoder(
     False, False)
 
 
+# The escape of a NUL, not the text "\\u0000" (whose backslash is escaped itself): an even
+# run of backslashes before it.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def _json_text(value: Any) -> str:
     if _c_encoder is None:
         return _json_encoder.encode(value)
@@ -552,7 +558,7 @@ class JSONCodec(Codec):
                                   "refused") from None
         except (TypeError, RecursionError):
             raise _refuse(self.expected, value) from None
-        if "\\u0000" in text:
+        if "\\u0000" in text and _NUL_ESCAPE.search(text):
             raise ValidationError(f"expected {self.expected} without NUL characters")
         if "\\ud" in text:
             _check_surrogates(value)
