@@ -109,15 +109,43 @@ def test_row_digest_is_the_same_function_with_the_same_limits():
         '["' + "0" * 64 + f'",null,"a.b",null,null,null,"{text}",{{}}]')
     longest = "x" * 64
     row_digest(longest, longest, longest, longest, longest, {}, longest, "y" * 40)
-    for kwargs in (dict(prev_hash="x" * 65), dict(actor_id="x" * 65), dict(action="x" * 65),
-                   dict(target_type="x" * 65), dict(target_id="x" * 65), dict(ip="x" * 65),
-                   dict(created_at="y" * 41), dict(created_at=dt.datetime(2026, 1, 1)),
-                   dict(metadata=[1]), dict(action=""), dict(actor_id=5)):
+    naive = ": naive datetime refused: pass a timezone-aware datetime, e.g. datetime.now(" \
+            "timezone.utc)"
+    for kwargs, message in (
+            (dict(prev_hash="x" * 65), "prev_hash is longer than 64 characters"),
+            (dict(actor_id="x" * 65), "actor_id is longer than 64 characters"),
+            (dict(action="x" * 65), "action is longer than 64 characters"),
+            (dict(target_type="x" * 65), "target_type is longer than 64 characters"),
+            (dict(target_id="x" * 65), "target_id is longer than 64 characters"),
+            (dict(ip="x" * 65), "ip is longer than 64 characters"),
+            (dict(created_at="y" * 41), "created_at is longer than 40 characters"),
+            (dict(created_at=dt.datetime(2026, 1, 1)), "created_at" + naive),
+            (dict(created_at=5), "created_at must be a datetime, not int"),
+            (dict(metadata=[1]), "metadata must be a dict with text keys, not list"),
+            (dict(action=""), "action is empty"),
+            (dict(actor_id=5), "actor_id must be text, not int")):
         call = dict(prev_hash=GENESIS, actor_id=None, action="a.b", target_type=None,
-                    target_id=None, metadata={}, ip=None, created_at=T0, **{})
+                    target_id=None, metadata={}, ip=None, created_at=T0)
         call.update(kwargs)
-        with pytest.raises(ValidationError):
+        with pytest.raises(ValidationError) as info:
             row_digest(**call)
+        assert str(info.value) == message
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(action="a" * 65), "action is longer than 64 characters"),
+    (dict(action=""), "action is empty"), (dict(action=5), "action must be text, not int"),
+    (dict(action="\ud800"), "action: contains NUL or an unpaired surrogate, which PostgreSQL "
+                             "cannot store"),
+    (dict(created_at=dt.datetime(2026, 1, 1)), "created_at: naive datetime refused: pass a "
+     "timezone-aware datetime, e.g. datetime.now(timezone.utc)"),
+    (dict(created_at="2026-01-01"), "created_at must be a datetime, not str"),
+])
+def test_action_and_instant_refusals(db, kwargs, message):
+    with pytest.raises(ValidationError) as info:
+        record_event(None, **{"action": "x.y", **kwargs})
+    assert str(info.value) == message
+    assert AuditLog.select().count() == 0
 
 
 # -- what record_event stores ---------------------------------------------------------------------
