@@ -326,7 +326,27 @@ def test_a_changed_prev_hash_is_a_broken_link(db):
         _drop_triggers(db)
         AuditLog.update(prev_hash="e" * 64).where(AuditLog.id == rows[2].id).execute()
         assert verify_audit_chain() == audit.ChainReport(3, rows[2].id, LINK)
+        # checkpoints met before the break are counted in the report
+        first = {"v": 1, "last_id": rows[0].id, "row_hash": rows[0].row_hash, "rows": 1,
+                 "at": "t0"}
+        first["signature"] = _signed(first)
+        assert verify_audit_chain(checkpoints=[first], key=KEY) == \
+            audit.ChainReport(3, rows[2].id, LINK, 1)
         savepoint.rollback()
+
+
+def test_rows_are_checked_in_id_order_whatever_order_they_were_written(db):
+    # the second row of the chain is written first, with the larger id
+    first = dict(actor=None, action="a.first", target_type=None, target_id=None, metadata={},
+                 ip=None, created_at=T0, prev_hash=GENESIS)
+    first["row_hash"] = row_digest(GENESIS, None, "a.first", None, None, {}, None, T0)
+    second = dict(first, action="a.second", prev_hash=first["row_hash"])
+    second["row_hash"] = row_digest(first["row_hash"], None, "a.second", None, None, {}, None,
+                                    T0)
+    AuditLog.insert(id=1_000_010, **second).execute()
+    AuditLog.insert(id=1_000_005, **first).execute()
+    assert verify_audit_chain() == audit.ChainReport(2)
+    assert verify_audit_chain(chunk_size=1) == audit.ChainReport(2)
 
 
 def test_deleted_inserted_and_reordered_rows_are_broken_links(db):
@@ -374,9 +394,15 @@ def test_chunk_size_changes_nothing_but_memory(db):
             assert verify_audit_chain(chunk_size=size) == audit.ChainReport(4, rows[3].id,
                                                                            CONTENT)
         savepoint.rollback()
-    for size in (0, 1_000_001, "10", 2.0, None, True):
-        with pytest.raises(ValidationError, match="chunk_size"):
+    for size, message in ((0, "must be from 1 to 1000000"),
+                          (1_000_001, "must be from 1 to 1000000"),
+                          ("10", "must be an integer, not str"),
+                          (2.0, "must be an integer, not float"),
+                          (None, "must be an integer, not NoneType"),
+                          (True, "must be an integer, not bool")):
+        with pytest.raises(ValidationError) as info:
             verify_audit_chain(chunk_size=size)
+        assert str(info.value) == f"chunk_size {message}"
 
 
 def test_an_empty_log_verifies(db):
@@ -440,11 +466,15 @@ def test_a_checkpoint_whose_head_row_was_removed_is_named(db):
     cp["signature"] = _signed(cp)
     missing = ("is missing but the checkpoint signed at t1 names it as the head: rows were "
                "deleted from the end or the log was rewritten")
+    first = {"v": 1, "last_id": rows[0].id, "row_hash": rows[0].row_hash, "rows": 1, "at": "t0"}
+    first["signature"] = _signed(first)
     with db.atomic() as savepoint:
         _drop_triggers(db)
         AuditLog.delete().where(AuditLog.id == rows[1].id).execute()
         assert verify_audit_chain(checkpoints=[cp], key=KEY) == \
             audit.ChainReport(1, rows[1].id, missing)
+        assert verify_audit_chain(checkpoints=[first, cp], key=KEY) == \
+            audit.ChainReport(1, rows[1].id, missing, 1)
         savepoint.rollback()
     beyond = {**cp, "last_id": rows[3].id + 5, "rows": 9}
     beyond["signature"] = _signed(beyond)
@@ -547,8 +577,9 @@ def test_malformed_checkpoints_are_refused_by_position(db):
 
 @pytest.mark.parametrize("checkpoints", ["line", b"line", {"v": 1}, 5])
 def test_checkpoints_must_be_a_collection(db, checkpoints):
-    with pytest.raises(ValidationError, match="checkpoints must be a list"):
+    with pytest.raises(ValidationError) as info:
         verify_audit_chain(checkpoints=checkpoints, key=KEY)
+    assert str(info.value) == "checkpoints must be a list of checkpoint lines or dicts"
 
 
 # -- serialised appends ----------------------------------------------------------------------------
