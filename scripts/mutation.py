@@ -43,8 +43,33 @@ EQUIVALENT = re.compile(r"`(within_db\.[^`\s]+__mutmut_\d+)`(?: \((sqlite|postgr
 
 GENERATE = """
 import sys
+import libcst as cst
+import mutmut.__main__ as mutmut_main
 from mutmut.__main__ import copy_also_copy_files, copy_src_dir, create_mutants
 from mutmut.utils.file_utils import setup_source_paths
+
+# mutmut 3 skips decorated functions, and every public function wears @public_api: mutate
+# `def f` followed by `f = public_api(f)` instead, which behaves the same.
+class Undecorate(cst.CSTTransformer):
+    def leave_Module(self, original, updated):
+        body = []
+        for stmt in updated.body:
+            if isinstance(stmt, cst.FunctionDef) and len(stmt.decorators) == 1 \\
+                    and isinstance(stmt.decorators[0].decorator, cst.Name) \\
+                    and stmt.decorators[0].decorator.value == "public_api":
+                name = stmt.name.value
+                stmt = [stmt.with_changes(decorators=[]),
+                        cst.parse_statement(f"{name} = public_api({name})\\n")]
+            body.extend(stmt if isinstance(stmt, list) else [stmt])
+        return updated.with_changes(body=body)
+
+write = mutmut_main.write_all_mutants_to_file
+def undecorated(*, out, source, filename):
+    if "@public_api" in source:
+        source = cst.parse_module(source).visit(Undecorate()).code
+    return write(out=out, source=source, filename=filename)
+mutmut_main.write_all_mutants_to_file = undecorated  # the pool's forked workers inherit it
+
 copy_src_dir(); copy_also_copy_files(); setup_source_paths(); create_mutants(int(sys.argv[1]))
 """
 
