@@ -6,6 +6,7 @@ Filters are pinned at their edges (the first and last instant of a UTC day, both
 """
 
 import datetime as dt
+import math
 import uuid
 from decimal import Decimal
 
@@ -427,7 +428,6 @@ def test_compile_definition_takes_a_definition_object_and_a_database(world, db):
 
 def test_converters_make_python_values_from_driver_values():
     assert compiler._to_date("2026-01-26") == JAN26
-    assert compiler._to_date(JAN26) is JAN26
     assert compiler._float(None) is None
     assert compiler._money(3_000_001) == Decimal("3.000001")
     assert compiler._money(Decimal(5)) == Decimal("0.000005")
@@ -506,9 +506,10 @@ def test_limit_bounds(limit, ok):
     (f("date", "between", ["2026-01-01", "26/01/2026"]), 'filter 0 ("date" between): expected'),
     (f("date", "eq", "2026-02-30"), "expected a date or YYYY-MM-DD text"),
     (f("source", "in", ["a", 1.5]), 'filter 0 ("source" in): expected a str'),
-    (f("source", "eq", float("nan")), "a number filter value must be finite"),
-    (f("source", "eq", float("inf")), "a number filter value must be finite"),
-    (f("source", "eq", float("-inf")), "a number filter value must be finite"),
+    (f("source", "eq", float("nan")), "filters.0.value: a number filter value must be finite"),
+    (f("source", "eq", float("inf")), "filters.0.value: a number filter value must be finite"),
+    (f("source", "in", ["a", -math.inf]),
+     "filters.0.value: a number filter value must be finite"),
     (f("source", "eq", None), "a filter value is text, a number, true/false"),
     (f("source", "eq", {"a": 1}), "a filter value is text, a number, true/false"),
     (f("source", "eq", ["a"]), '"eq" takes one value, not a list'),
@@ -525,7 +526,10 @@ def test_limit_bounds(limit, ok):
     (f("source", "eq", {"param": "x", "y": 1}), "a filter value is text, a number"),
 ])
 def test_values_that_do_not_fit_their_dimension_are_refused(world, filter_, message):
-    assert message in _refused({**SPEND, "filters": [filter_]})
+    refusal = _refused({**SPEND, "filters": [filter_]})
+    assert message in refusal
+    if message.startswith("filters."):  # the definition's own messages, whole
+        assert refusal == message
 
 
 @pytest.mark.parametrize("dimension,value", [
@@ -580,6 +584,14 @@ def test_params_fill_values_and_are_typed_when_run(world):
         ({1: "x"}, "params must be a dict with text keys"),
     ]:
         assert message in _refused(definition, params), params
+    for params in (["from"], {1: "x"}, "from=1"):
+        assert _refused(definition, params) == "params must be a dict with text keys"
+    # while saving, a filter whose value is a parameter does not stop the later ones' checks
+    with pytest.raises(ValidationError) as info:
+        validate_definition({**definition, "filters": [*definition["filters"],
+                                                       f("source", "eq", 5)]})
+    assert str(info.value) == ('filter 2 ("source" eq): expected a str of at most 16 '
+                               "characters, got int")
     assert run("spend", [], ["records"], f("source", "in", ["manual"])) == [{"records": 2}]
 
 

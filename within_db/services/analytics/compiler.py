@@ -32,17 +32,21 @@ __all__ = ["catalogue", "compile_definition", "execute_definition", "validate_de
 FLOAT_DIGITS = 9
 
 
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), dt.UTC)
+
+
 def _from(column: peewee.Field, day: dt.date) -> Any:
     """The first value of ``day`` in ``column``: the date, or its UTC midnight for instants."""
     if isinstance(column, peewee.DateField):
         return day
-    return dt.datetime.combine(day, dt.time(), dt.UTC)
+    return _midnight(day)
 
 
 def _on_or_before(column: peewee.Field, day: dt.date) -> Any:
     if isinstance(column, peewee.DateField):
         return column <= day
-    return column < _from(column, day + dt.timedelta(days=1))
+    return column < _midnight(day + dt.timedelta(days=1))
 
 
 def _on(column: peewee.Field, day: dt.date) -> Any:
@@ -133,8 +137,8 @@ def compile_definition(definition: dict[str, Any] | Definition,
     return query.dicts(), converters
 
 
-def _to_date(value: Any) -> dt.date:
-    return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])
+def _to_date(value: str) -> dt.date:
+    return dt.date.fromisoformat(value)  # date_text: YYYY-MM-DD text on both backends
 
 
 def _money(value: Any) -> Decimal:

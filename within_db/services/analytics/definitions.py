@@ -186,7 +186,8 @@ def resolve_filters(d: Definition, params: dict[str, Any] | None
                     ) -> list[tuple[str, str, Any]]:
     """Return ``(dimension, op, typed value)`` per filter, parameters substituted.
 
-    ``params=None`` checks the literal values only (while saving). Raises ValueError.
+    ``params=None`` checks the literal values only (while saving), and leaves out filters
+    whose whole value is a parameter. Raises ValueError.
     """
     ds = DATASETS[d.dataset]
     out = []
@@ -194,8 +195,7 @@ def resolve_filters(d: Definition, params: dict[str, Any] | None
         codec = dimension_codec(ds, f.dimension)
         where = f'filter {i} ("{f.dimension}" {f.op})'
         value = _param(f.value, params)
-        if value is _UNBOUND:
-            out.append((f.dimension, f.op, value))
+        if value is _UNBOUND:  # while saving: typed when the query runs
             continue
         if f.op in ("in", "between"):
             if not isinstance(value, (list, tuple)):
