@@ -317,8 +317,23 @@ def test_rows_must_be_an_iterable_of_rows(db, rows):
 
 @pytest.mark.parametrize("model", [PredictionLog(), "PredictionLog", peewee.Model, None])
 def test_the_model_must_be_a_within_db_model_class(db, model):
-    with pytest.raises(ValidationError, match="^model must be a within_db model class"):
+    with pytest.raises(ValidationError) as info:
         batch.bulk_insert(model, [])
+    assert str(info.value) == "model must be a within_db model class, such as PredictionLog"
+
+
+def test_a_row_in_a_month_without_a_partition_names_the_fix(db, backend):
+    version = make_version()
+    rows = [_log(version, 0), _log(version, 1, created_at=dt.datetime(2099, 5, 1, tzinfo=UTC))]
+    if backend == "sqlite":  # one plain table holds every month
+        assert batch.bulk_insert(PredictionLog, rows) == 2
+        return
+    with pytest.raises(BulkInsertError) as info:
+        batch.bulk_insert(PredictionLog, rows)
+    assert str(info.value) == (
+        "row 1 falls in a month without a partition of prediction_logs; create it with "
+        "`within-db partitions ensure` (--from YYYY-MM for past months); nothing was written")
+    assert (info.value.position, info.value.constraint) == (1, "no_partition")
 
 
 def test_fields_argument_is_checked_before_any_row(db):
@@ -604,6 +619,17 @@ def test_dataframe_keeps_expression_columns(db, backend):
     assert str(bare.dtypes[name]) == "object"
 
 
+def test_dates_pandas_cannot_hold_are_refused_by_name(db):
+    pytest.importorskip("pandas")
+    make_campaign(start_date=dt.date(2026, 1, 1), end_date=dt.date(9999, 12, 31))
+    with pytest.raises(ValidationError) as info:
+        batch.to_dataframe(Campaign.select(Campaign.name, Campaign.end_date))
+    assert str(info.value) == ("end_date holds a date outside pandas' datetime64[ns] range "
+                               "(1677-09-22 to 2262-04-11); leave the column out or filter "
+                               "those rows")
+    assert len(batch.to_dataframe(Campaign.select(Campaign.name))) == 1
+
+
 @pytest.mark.parametrize("query", [None, "SELECT 1", PredictionLog])
 def test_to_dataframe_takes_select_queries_only(db, query):
     with pytest.raises(ValidationError, match="^query must be a peewee select query"):
@@ -649,11 +675,19 @@ def test_partition_counts_at_their_edges(db):
 
 
 class _Pair(peewee.Model):
-    left = peewee.IntegerField()
+    left = peewee.IntegerField(index=True)
     right = peewee.IntegerField()
 
     class Meta:
         primary_key = peewee.CompositeKey("left", "right")
+
+
+class _Keyless(peewee.Model):
+    at = peewee.IntegerField(index=True)
+    note = peewee.IntegerField()
+
+    class Meta:
+        primary_key = False
 
 
 @pytest.mark.parametrize("make_query,key,message", [
@@ -675,7 +709,7 @@ class _Pair(peewee.Model):
      "ModelCompoundSelectQuery"),
     (lambda: "SELECT 1", None, "partitions splits a select over one model, e.g. "
      "PredictionLog.select(); got str"),
-    (lambda: _Pair.select(), None, "_pair has a composite primary key; pass key="),
+    (lambda: _Pair.select(), None, "_pair has no single-column primary key; pass key="),
     (lambda: PredictionLog.select(), "latency_ms",
      "prediction_logs.latency_ms leads no index, so every range would scan the table; indexed "
      "keys: created_at, id, model_version, request_id"),
@@ -687,6 +721,11 @@ class _Pair(peewee.Model):
      "created_at, features, id, latency_ms, model_version, request_id, score"),
     (lambda: PredictionLog.select(), Campaign.id, "<UUIDField: Campaign.id> is not a column"),
     (lambda: PredictionLog.select(), 5, "int is not a column of prediction_logs; pass one of"),
+    (lambda: _Pair.select(), "right",
+     "_pair.right leads no index, so every range would scan the table; indexed keys: left"),
+    (lambda: _Keyless.select(), "note", "_keyless.note leads no index, so every range would "
+     "scan the table; indexed keys: at"),
+    (lambda: _Keyless.select(), None, "_keyless has no single-column primary key; pass key="),
     (lambda: User.select(), "email", None),
     (lambda: PredictionLog.select(), "model_version", None),  # leads the (version, time) index
 ])

@@ -149,7 +149,7 @@ class _Converters:
             value = f"_c{i}({x})"
         else:
             cond, expr, kind = fast
-            value = f"({self._output(expr, kind, i)} if {cond} else _c{i}({x}))"
+            value = f"({self._output(expr, kind)} if {cond} else _c{i}({x}))"
         if field.null:
             return f"({self.null_source} if {x} is None else {value})"
         return value
@@ -158,7 +158,7 @@ class _Converters:
         """The names the generated source may use."""
         return {**INLINE_ENV, "_other": self.convert, "_len": len, "_VE": ValidationError}
 
-    def _output(self, expr: str, kind: type, i: int) -> str:
+    def _output(self, expr: str, kind: type) -> str:
         """The source of an inline storage value as this output holds it."""
         return expr
 
@@ -180,8 +180,9 @@ class _CopyConverters(_Converters):
     def _environment(self) -> dict[str, Any]:
         return {**super()._environment(), "_esc": copy_escape}
 
-    def _output(self, expr: str, kind: type, i: int) -> str:
-        return _COPY_INLINE[kind].format(v=expr, y=f"y{i}")
+    def _output(self, expr: str, kind: type) -> str:
+        # y is bound and read within the one expression, so every field can use the name
+        return _COPY_INLINE[kind].format(v=expr, y="y")
 
     def _full(self, field: peewee.Field, codec: Any) -> Callable[[Any], Any]:
         store, to_copy = _storage(field, codec), codec.to_copy

@@ -62,11 +62,12 @@ def _count(value: Any, name: str) -> int:
 def _index_leaders(model: type[peewee.Model]) -> list[peewee.Field]:
     """The fields that lead an index covering every row (partial indexes left out)."""
     meta = model._meta
-    leaders = [meta.primary_key] if isinstance(meta.primary_key, peewee.Field) else []
-    for index in [*meta.fields_to_index(), *getattr(meta, "indexes", [])]:
-        expressions = getattr(index, "_expressions", None)
-        if expressions and getattr(index, "_where", None) is None \
-                and isinstance(expressions[0], peewee.Field):
+    key = meta.primary_key  # a Field, a CompositeKey (a Field too, of no column) or False
+    leaders = [key] if isinstance(key, peewee.Field) and not isinstance(key, peewee.CompositeKey) \
+        else []
+    for index in meta.fields_to_index():  # field indexes and Meta.indexes, partial ones too
+        expressions = getattr(index, "_expressions", None)  # None: an index given as SQL
+        if expressions and index._where is None and isinstance(expressions[0], peewee.Field):
             leaders.append(expressions[0])
     name = getattr(meta, "partition_by", None)
     if name:  # a partitioned table prunes to the partitions a range touches
@@ -80,8 +81,8 @@ def _split_key(query: Any, key: peewee.Field | str | None) -> peewee.Field:
         raise ValidationError("partitions splits a select over one model, e.g. "
                               f"PredictionLog.select(); got {type(query).__name__}")
     for attr, clause in _UNSPLITTABLE:
-        if getattr(query, attr, None) or (attr == "_simple_distinct"
-                                          and getattr(query, "_distinct", None) is not None):
+        if getattr(query, attr) or (attr == "_simple_distinct"
+                                    and query._distinct is not None):  # type: ignore[attr-defined]
             raise ValidationError(f"cannot split a query with {clause}: ranges of a key would "
                                   "change its result; split the query without it")
     model = query.model
@@ -91,7 +92,7 @@ def _split_key(query: Any, key: peewee.Field | str | None) -> peewee.Field:
         name = getattr(meta, "partition_by", None)
         field = meta.fields[name] if name else meta.primary_key
         if isinstance(field, peewee.CompositeKey) or not isinstance(field, peewee.Field):
-            raise ValidationError(f"{table} has a composite primary key; pass key=")
+            raise ValidationError(f"{table} has no single-column primary key; pass key=")
     else:
         field = meta.fields.get(key) if isinstance(key, str) else key
         if not isinstance(field, peewee.Field) or field.model is not model:

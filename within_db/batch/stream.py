@@ -132,8 +132,7 @@ def _dtypes(query: peewee.Select) -> dict[str, str | None]:
     for node in query.selected_columns:
         field = node.unwrap()
         if isinstance(field, peewee.Field):
-            name = node.name if isinstance(node, peewee.Alias) else field.name
-            dtypes[name] = _dtype_of(field)
+            dtypes[node.name] = _dtype_of(field)  # an alias's name, else the field's
     return dtypes
 
 
@@ -148,23 +147,16 @@ def _frame(query: peewee.Select, rows: list[dict[str, Any]]) -> pandas.DataFrame
 
 
 def _typed_frame(rows: list[dict[str, Any]], dtypes: dict[str, str | None]) -> pandas.DataFrame:
-    """Build a DataFrame with these columns (all of them when ``dtypes`` is empty)."""
-    try:
-        import pandas as pd
-    except ImportError:
-        raise ConfigurationError(
-            "to_dataframe needs pandas: pip install 'within_db[ml]'") from None
+    """Build a DataFrame with these columns (all of them when ``dtypes`` is empty), each cast
+    to its dtype (None: Python objects). ValidationError for dates pandas cannot hold."""
+    import pandas as pd  # the callers checked that it is installed
+
     frame = pd.DataFrame.from_records(rows, columns=list(dtypes) or None)
     for column, dtype in dtypes.items():
-        values = frame[column]
-        if dtype is None:  # JSON and expressions: Python objects, whatever pandas would infer
-            frame[column] = values.astype(object)
-            continue
-        if dtype.startswith("datetime64"):
-            # the declared unit, whatever pandas infers from the values (or from none)
-            frame[column] = pd.to_datetime(values, utc=dtype.endswith("UTC]")).astype(dtype)
-        elif dtype == "string":
-            frame[column] = values.map(lambda v: None if v is None else str(v)).astype(dtype)
-        else:
-            frame[column] = values.astype(dtype)
+        try:
+            frame[column] = frame[column].astype(object if dtype is None else dtype)
+        except pd.errors.OutOfBoundsDatetime:
+            raise ValidationError(
+                f"{column} holds a date outside pandas' {dtype} range (1677-09-22 to "
+                "2262-04-11); leave the column out or filter those rows") from None
     return frame
