@@ -238,10 +238,12 @@ class IntCodec(Codec):
         return value
 
     def parse(self, text: str) -> int:
+        # ValidationError is a ValueError: convert first, so "out of range" is not lost
         try:
-            return self.validate(int(text.strip()))
+            value = int(text.strip())
         except ValueError:
             raise ValidationError(f"expected {self.expected}") from None
+        return self.validate(value)
 
     def inline(self, var: str) -> tuple[str, str, type]:
         return f"(type({var}) is int and {self.low} <= {var} <= {self.high})", var, int
@@ -278,9 +280,10 @@ class FloatCodec(Codec):
 
     def parse(self, text: str) -> float:
         try:
-            return self.validate(float(text.strip()))
+            value = float(text.strip())
         except ValueError:
             raise ValidationError(f"expected {self.expected}") from None
+        return self.validate(value)
 
     def inline(self, var: str) -> tuple[str, str, type]:
         # x - x is 0.0 exactly for finite floats, NaN for NaN and infinities
@@ -380,6 +383,9 @@ class UUIDCodec(Codec):
         return f"(type({var}) is _UUID)", f"{var}.hex", SafeText
 
 
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
 class DateCodec(Codec):
     """A ``datetime.date`` (not a datetime) or ``YYYY-MM-DD`` text; stored as ISO text."""
 
@@ -392,7 +398,8 @@ class DateCodec(Codec):
     def validate(self, value: Any) -> dt.date:
         if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
             return value
-        if isinstance(value, str) and len(value) == 10:
+        # fromisoformat also reads 20260101 and week dates (2026-W01-1): only the canonical form
+        if isinstance(value, str) and _ISO_DATE.fullmatch(value):
             try:
                 return dt.date.fromisoformat(value)
             except ValueError:
