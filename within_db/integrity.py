@@ -1,8 +1,8 @@
 """Name the constraint behind an IntegrityError, the same way on SQLite and PostgreSQL.
 
 PostgreSQL reports constraint names through psycopg2's diagnostics (asyncpg's errors carry the
-same fields); SQLite names CHECKs but
-reports UNIQUE violations by columns, which are mapped back to the index name here.
+same fields); SQLite names CHECKs but reports UNIQUE violations by columns, which are mapped
+back to the index name here (or to PostgreSQL's ``<table>_pkey`` and ``<table>_<cols>_key``).
 """
 
 from __future__ import annotations
@@ -83,7 +83,12 @@ def _postgres(code: str | None, diag: Any) -> Violation | None:
     if kind == "check" and diag.constraint_name is None:
         # "no partition of relation ... found for row" shares the CHECK violation code
         return Violation("no_partition", diag.table_name)
-    return Violation(kind, diag.constraint_name)
+    name, table = diag.constraint_name, diag.table_name or ""
+    parent = partition_parent(table)
+    if parent != table and name and name.startswith(f"{table}_"):
+        # a partition's own index (its primary key): name the partitioned table's
+        name = parent + name[len(table):]
+    return Violation(kind, name)
 
 
 def _sqlite(message: str, db: peewee.Database) -> Violation | None:
@@ -102,14 +107,20 @@ def _sqlite(message: str, db: peewee.Database) -> Violation | None:
 
 
 def _sqlite_unique_name(spec: str, db: peewee.Database) -> str:
+    """Name a UNIQUE violation as PostgreSQL would: the index's name, ``<table>_pkey`` for the
+    primary key and ``<table>_<columns>_key`` for a UNIQUE constraint of the table itself."""
     pairs = [part.strip().split(".", 1) for part in spec.split(",")]
     table = pairs[0][0]
     columns = [col for _, col in pairs]
     quoted = '"' + table.replace('"', '""') + '"'
-    for _seq, name, unique, _origin, _partial in db.execute_sql(f"PRAGMA index_list({quoted})"):
+    info = db.execute_sql(f"PRAGMA table_info({quoted})").fetchall()
+    if columns == [row[1] for row in sorted((r for r in info if r[5]), key=lambda r: r[5])]:
+        return f"{table}_pkey"  # an INTEGER PRIMARY KEY has no index to find below
+    for _seq, name, unique, origin, _partial in db.execute_sql(f"PRAGMA index_list({quoted})"):
         if not unique:
             continue
         cols = [r[2] for r in db.execute_sql(f"PRAGMA index_info(\"{name}\")")]
-        if cols == columns and not name.startswith("sqlite_autoindex"):
-            return name
+        if cols == columns:
+            # origin "c": CREATE INDEX, which names it; "u": an unnamed UNIQUE constraint
+            return name if origin == "c" else f"{table}_{'_'.join(columns)}_key"
     return f"{table}_{'_'.join(columns)}"
