@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import datetime as dt
+import fnmatch
 import json
 import os
 import random
@@ -38,8 +39,9 @@ LINKED = ["within_db", "tests", "migrations", "examples", "scripts", "docs", "RE
           "ruff.toml", "pyproject.toml"]
 KILLED = {"killed", "segfault", "caught by type check"}  # segfault: killed by a signal
 UNDETECTED = {"survived", "no tests"}
-#: "`NAME`" equivalent everywhere; "`NAME` (sqlite)" only on that backend
-EQUIVALENT = re.compile(r"`(within_db\.[^`\s]+__mutmut_\d+)`(?: \((sqlite|postgres)\))?")
+#: "`NAME`" equivalent everywhere; "`NAME` (sqlite)" only on that backend; NAME may end in
+#: ``__mutmut_*`` for every mutant of a function
+EQUIVALENT = re.compile(r"`(within_db\.[^`\s]+__mutmut_(?:\d+|\*))`(?: \((sqlite|postgres)\))?")
 
 GENERATE = """
 import sys
@@ -145,6 +147,10 @@ def statuses(workdir: Path, path: str) -> dict[str, str]:
     return {name: status_by_exit_code[code] for name, code in codes.items()}
 
 
+def listed(name: str, names: set[str]) -> bool:
+    return name in names or any(fnmatch.fnmatchcase(name, n) for n in names if "*" in n)
+
+
 def run_backend(backend: str, files: list[str], args: argparse.Namespace,
                 skip: dict[str, set[str]]) -> dict[str, dict[str, str]]:
     """Run the sampled mutants of ``files`` on ``backend``; their statuses by file."""
@@ -160,10 +166,11 @@ def run_backend(backend: str, files: list[str], args: argparse.Namespace,
                    check=True, stdout=subprocess.DEVNULL)
     chosen: dict[str, list[str]] = {}
     for path in files:
-        names = [name for name in mutants_of(workdir, path) if name not in skip[""]]
+        names = [name for name in mutants_of(workdir, path) if not listed(name, skip[""])]
         rng = random.Random(f"{args.seed}:{path}")
         chosen[path] = sorted(rng.sample(names, min(args.sample, len(names))))
-    names = [name for group in chosen.values() for name in group if name not in skip[backend]]
+    names = [name for group in chosen.values() for name in group
+             if not listed(name, skip[backend])]
     if not names:
         return {path: {} for path in files}
     print(f"== {backend}: {len(names)} mutants (budget {args.budget} min)", file=sys.stderr)
@@ -190,7 +197,7 @@ def run_backend(backend: str, files: list[str], args: argparse.Namespace,
     results = {}
     for path, group in chosen.items():
         found = statuses(workdir, path) if group else {}
-        results[path] = {name: "equivalent" if name in skip[backend]
+        results[path] = {name: "equivalent" if listed(name, skip[backend])
                          else found.get(name, "not checked") for name in group}
     return results
 
