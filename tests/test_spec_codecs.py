@@ -315,8 +315,10 @@ def test_format_utc_converts_to_fixed_width_utc_and_refuses_what_it_cannot():
         "2026-01-02 00:00:00.000007+00:00")
     assert format_utc(dt.datetime(2026, 1, 1, tzinfo=ZoneInfo("UTC"))) == (
         "2026-01-01 00:00:00.000000+00:00")
-    refused(format_utc, dt.datetime(2026, 1, 1), match="naive datetime refused")
-    refused(format_utc, dt.datetime(2026, 1, 1, tzinfo=NoOffset()), match="naive datetime")
+    naive = ("naive datetime refused: pass a timezone-aware datetime, e.g. "
+             "datetime.now(timezone.utc)")
+    assert refused(format_utc, dt.datetime(2026, 1, 1)) == naive
+    assert refused(format_utc, dt.datetime(2026, 1, 1, tzinfo=NoOffset())) == naive
     late = dt.datetime.max.replace(tzinfo=minus5)
     assert refused(format_utc, late) == "datetime out of range in UTC"
     now = utcnow()
@@ -449,3 +451,34 @@ def test_the_base_codec_passes_values_through():
     assert codec.validate(value) is value and codec.to_db(value) is value
     assert codec.parse("x") == "x" and codec.inline("v") is None
     assert codec.describe() == {"type": "a value"}
+
+
+def test_format_utc_is_utc_whatever_the_machines_time_zone(monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        minus5 = dt.timezone(dt.timedelta(hours=-5))
+        assert format_utc(dt.datetime(2026, 1, 1, 19, 0, tzinfo=minus5)) == (
+            "2026-01-02 00:00:00.000000+00:00")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_arrow_readers_give_arrow_ready_values_from_either_driver():
+    value = uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+    text = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+    assert UUIDCodec().arrow_reader(NATIVE)(value) == text
+    assert UUIDCodec().arrow_reader(TEXTUAL)(value.hex) == text
+    assert UUIDCodec().arrow_reader(TEXTUAL)(value.hex.upper()) == text
+    assert DateCodec().arrow_reader(NATIVE) is None and DateCodec().arrow_reader(TEXTUAL) is str
+    assert InstantCodec().arrow_reader(NATIVE) is None
+    assert InstantCodec().arrow_reader(TEXTUAL) is str
+    assert MoneyCodec().arrow_reader(NATIVE) is None and MoneyCodec().arrow_reader(TEXTUAL) is None
+    assert BoolCodec().arrow_reader(TEXTUAL) is bool and Codec().arrow_reader(NATIVE) is None
+    document = {"b": 1, "a": [2.5, "é"]}
+    canonical = '{"a":[2.5,"é"],"b":1}'
+    assert JSONCodec().arrow_reader(NATIVE)(document) == canonical
+    assert JSONCodec().arrow_reader(TEXTUAL)(JSONCodec().to_db(document)) == canonical

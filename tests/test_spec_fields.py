@@ -13,7 +13,10 @@ from within_db.errors import BulkInsertError, ValidationError
 from within_db.fields import (
     MAX_MICROS,
     BooleanField,
+    CharField,
     Codec,
+    DoubleField,
+    EmailField,
     IntegerField,
     JSONField,
     MoneyField,
@@ -234,3 +237,40 @@ def test_booleans_on_integer_columns_get_a_named_check_on_sqlite_only(db, backen
                 db.execute_sql(sql)
     Flagged.create(is_on=True)
     assert [f.is_on for f in Flagged.select()] == [True]
+
+
+def test_column_classes_carry_their_limits_and_pass_peewee_options_through():
+    plain = CharField()
+    assert plain.max_length == 255 and plain.codec.validate("x" * 255) == "x" * 255
+    with pytest.raises(ValidationError, match="at most 255 characters, got 256"):
+        plain.codec.validate("x" * 256)
+    short = CharField(10, True, default="d")  # positional null, as peewee takes it
+    assert (short.max_length, short.null, short.default) == (10, True, "d")
+    assert short.codec.describe() == {"type": "str", "max_length": 10}
+    email = EmailField()
+    assert email.max_length == 254 and email.codec.validate(" A@B.C ") == "a@b.c"
+    with pytest.raises(ValidationError, match="at most 254 characters"):
+        email.codec.validate("a" * 255)
+    small = EmailField(8, True, unique=True)
+    assert (small.max_length, small.null, small.unique) == (8, True, True)
+    assert small.codec.describe() == {"type": "str", "max_length": 8}
+    strict, lenient = DoubleField(), DoubleField(True, allow_nonfinite=True, default=0.0)
+    with pytest.raises(ValidationError, match="NaN and infinities"):
+        strict.codec.validate(float("nan"))
+    assert lenient.codec.validate(float("inf")) == float("inf")
+    assert (strict.null, lenient.null, lenient.default) == (False, True, 0.0)
+
+
+def test_json_fields_take_peewee_options_positional_and_named():
+    assert JSONField(null=True, default=dict).null is True
+
+    class Doc(peewee.Model):
+        body = JSONField(lambda value: "[]")  # peewee's first argument: dumps
+
+        class Meta:
+            database = peewee.SqliteDatabase(":memory:")
+
+    assert Doc.body.db_value([1, 2]) == "[]"
+    assert Doc.body.python_value('{"a": 1}') == {"a": 1}
+    with pytest.raises(ValidationError, match="Doc.body: expected a JSON-serialisable value"):
+        Doc.body.db_value({1})  # the codec still checks first

@@ -55,6 +55,14 @@ def test_a_table_unique_constraint_is_named_table_columns_key(db):
     assert db.execute_sql("SELECT COUNT(*) FROM spec_pairs").fetchone()[0] == 1
 
 
+def test_a_composite_primary_key_is_named_table_pkey_whatever_its_column_order(db):
+    _scratch(db, "CREATE TABLE spec_keys (a INTEGER NOT NULL, b INTEGER NOT NULL, "
+                 "PRIMARY KEY (b, a))")
+    db.execute_sql("INSERT INTO spec_keys (a, b) VALUES (1, 2)")
+    with raises_violation(db, "unique", "spec_keys_pkey"):
+        db.execute_sql("INSERT INTO spec_keys (a, b) VALUES (1, 2)")
+
+
 def test_a_unique_index_is_found_by_its_columns_in_order(db):
     _scratch(db, "CREATE TABLE spec_order (a INTEGER, b INTEGER)")
     _scratch(db, "CREATE UNIQUE INDEX spec_order_b_a ON spec_order (b, a)")
