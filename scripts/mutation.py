@@ -39,6 +39,7 @@ LINKED = ["within_db", "tests", "migrations", "examples", "scripts", "docs", "RE
           "ruff.toml", "pyproject.toml"]
 KILLED = {"killed", "segfault", "caught by type check"}  # segfault: killed by a signal
 UNDETECTED = {"survived", "no tests"}
+AGAIN = UNDETECTED | {"not checked", "check was interrupted by user"}
 #: "`NAME`" equivalent everywhere; "`NAME` (sqlite)" only on that backend; NAME may end in
 #: ``__mutmut_*`` for every mutant of a function
 EQUIVALENT = re.compile(r"`(within_db\.[^`\s]+__mutmut_(?:\d+|\*))`(?: \((sqlite|postgres)\))?")
@@ -100,12 +101,13 @@ def equivalents() -> dict[str, set[str]]:
     return found
 
 
-def prepare(workdir: Path, files: list[str]) -> None:
+def prepare(workdir: Path, files: list[str], again: bool = False) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     # mutmut copies new files but never removes old ones: start its copies afresh (its test
-    # coverage stays cached in mutants/mutmut-stats.json)
+    # coverage stays cached in mutants/mutmut-stats.json); --again keeps the last verdicts
     for copied in ("within_db", "tests"):
-        shutil.rmtree(workdir / "mutants" / copied, ignore_errors=True)
+        if not (again and copied == "within_db"):
+            shutil.rmtree(workdir / "mutants" / copied, ignore_errors=True)
     for name in LINKED:
         link = workdir / name
         if not link.is_symlink() and (ROOT / name).exists():
@@ -155,7 +157,7 @@ def run_backend(backend: str, files: list[str], args: argparse.Namespace,
                 skip: dict[str, set[str]]) -> dict[str, dict[str, str]]:
     """Run the sampled mutants of ``files`` on ``backend``; their statuses by file."""
     workdir = WORK / backend
-    prepare(workdir, files)
+    prepare(workdir, files, args.again)
     env = environment(backend, workdir)
     print(f"== {backend}: templates, mutants", file=sys.stderr)
     subprocess.run([sys.executable, "-c",
@@ -171,8 +173,22 @@ def run_backend(backend: str, files: list[str], args: argparse.Namespace,
         chosen[path] = sorted(rng.sample(names, min(args.sample, len(names))))
     names = [name for group in chosen.values() for name in group
              if not listed(name, skip[backend])]
-    if not names:
-        return {path: {} for path in files}
+    if args.again:  # only what the last run left undetected (new tests only add kills)
+        last = {name: status for path in files for name, status in statuses(workdir, path).items()}
+        names = [name for name in names if last.get(name, "not checked") in AGAIN]
+    if names:
+        run_mutmut(backend, workdir, env, names, args)
+    cleanup(env)
+    results = {}
+    for path, group in chosen.items():
+        found = statuses(workdir, path) if group else {}
+        results[path] = {name: "equivalent" if listed(name, skip[backend])
+                         else found.get(name, "not checked") for name in group}
+    return results
+
+
+def run_mutmut(backend: str, workdir: Path, env: dict[str, str], names: list[str],
+               args: argparse.Namespace) -> None:
     print(f"== {backend}: {len(names)} mutants (budget {args.budget} min)", file=sys.stderr)
     started = time.monotonic()
     log = open(workdir / "mutmut.log", "w")
@@ -191,15 +207,8 @@ def run_backend(backend: str, files: list[str], args: argparse.Namespace,
             process.wait()
     finally:
         log.close()
-        cleanup(env)
     print(f"== {backend}: {time.monotonic() - started:.0f} s, log in {workdir}/mutmut.log",
           file=sys.stderr)
-    results = {}
-    for path, group in chosen.items():
-        found = statuses(workdir, path) if group else {}
-        results[path] = {name: "equivalent" if listed(name, skip[backend])
-                         else found.get(name, "not checked") for name in group}
-    return results
 
 
 def cleanup(env: dict[str, str]) -> None:
@@ -287,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2,
                         help="parallel mutants (default: %(default)s)")
     parser.add_argument("--diffs", action="store_true", help="print each survivor's diff")
+    parser.add_argument("--again", action="store_true",
+                        help="re-run only the sample's survivors of the last run (same modules, "
+                             "seed and sample; the library unchanged since), keep the rest")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
 
