@@ -1,6 +1,8 @@
 """integrity.py pinned: every kind of violation gets PostgreSQL's constraint name on both
 backends, and conflict_on converts only the constraint it names."""
 
+import datetime as dt
+
 import peewee
 import pytest
 
@@ -132,3 +134,15 @@ def test_conflict_on_passes_other_errors_and_quiet_blocks(db):
     with pytest.raises(KeyError):
         with conflict_on("roles_name", "never"):
             raise KeyError("x")
+
+
+def test_a_row_outside_every_partition_names_the_partitioned_table(db, backend):
+    values = valid(PredictionLog)
+    values["created_at"] = dt.datetime(1990, 1, 1, tzinfo=dt.UTC)
+    if backend == "postgres":
+        with raises_violation(db, "no_partition", "prediction_logs"):
+            PredictionLog.insert(**values).execute()
+        assert PredictionLog.select().count() == 0
+    else:  # one plain table on SQLite: any instant is stored
+        PredictionLog.insert(**values).execute()
+        assert PredictionLog.select().count() == 1
