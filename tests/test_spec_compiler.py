@@ -422,8 +422,29 @@ def test_compile_definition_takes_a_definition_object_and_a_database(world, db):
         {"date:month": D(2026, 1, 1), "clicks": 110, "spend": Decimal("20.75"),
          "ctr": round(110 / 3400, 9)},
         {"date:month": FEB1, "clicks": 10, "spend": Decimal("3.000001"), "ctr": 0.02}]
-    with pytest.raises(ValidationError, match="db must be a peewee database"):
+    with pytest.raises(ValidationError) as info:
         compile_definition(definition, db="sqlite:///x.db")
+    assert str(info.value) == "db must be a peewee database"
+    as_dict = {"dataset": "spend", "dimensions": ["date"], "metrics": ["records"]}
+    query, converters = compile_definition(as_dict)
+    assert [(converters["date"](r["date"]), r["records"]) for r in query] == [
+        (JAN25, 2), (JAN26, 2), (JAN27, 1)]
+    with pytest.raises(ValidationError, match="^a query definition must be a JSON object$"):
+        compile_definition(["spend"])
+
+
+def test_a_compiled_query_runs_on_the_database_it_was_compiled_for(world, migrated_url):
+    """Another connection sees none of this test's uncommitted rows."""
+    from within_db.db import make_database
+
+    other = make_database(migrated_url)
+    try:
+        definition = {"dataset": "spend", "dimensions": ["date:month"], "metrics": ["records"]}
+        query, _ = compile_definition(definition, db=other)
+        assert list(query) == []
+        assert [r["records"] for r in compile_definition(definition)[0]] == [5]
+    finally:
+        other.close()
 
 
 def test_converters_make_python_values_from_driver_values():

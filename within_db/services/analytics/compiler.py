@@ -87,7 +87,8 @@ def compile_definition(definition: dict[str, Any] | Definition,
                        params: dict[str, Any] | None = None, db: Backend | None = None
                        ) -> tuple[peewee.ModelSelect[Any], dict[str, Callable[[Any], Any]]]:
     """Return ``(query, converters)`` for a definition; ValidationError if it does not
-    validate or ``params`` do not fit it. Builds no SQL text."""
+    validate or ``params`` do not fit it. Builds no SQL text. The query is for ``db`` (its
+    date functions) and runs there; the bound database by default."""
     d = definition if isinstance(definition, Definition) else parse(definition)
     filters = run_filters(d, params)
     if db is not None and not isinstance(db, peewee.Database):
@@ -134,7 +135,7 @@ def compile_definition(definition: dict[str, Any] | Definition,
     if order:
         query = query.order_by(*order)
     query = query.limit(d.limit or MAX_LIMIT)
-    return query.dicts(), converters
+    return query.dicts().bind(database), converters
 
 
 def _to_date(value: str) -> dt.date:
