@@ -809,3 +809,14 @@ def test_to_dask_names_every_column_or_refuses(seeded_logs):
         batch.to_dask(PredictionLog.select(PredictionLog.id, PredictionLog.score * 2), 2)
     assert str(info.value) == ("to_dask needs a name for every column: alias expressions, e.g. "
                                "fn.COUNT(PredictionLog.id).alias('n')")
+
+
+def test_dask_ranges_convert_money_and_uuid_keys_as_to_dataframe(seeded_db):
+    pytest.importorskip("dask.dataframe")
+    query = Campaign.select(Campaign.id, Campaign.owner, Campaign.total_budget_micros,
+                            Campaign.start_date, Campaign.created_at)
+    local = batch.to_dataframe(query).sort_values("id").reset_index(drop=True)
+    computed = batch.to_dask(query, 3).compute(scheduler="sync")
+    computed = computed.sort_values("id").reset_index(drop=True)
+    assert computed.equals(local)
+    assert local["total_budget_micros"].max() < 10**7  # units, not micros
