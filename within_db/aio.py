@@ -15,8 +15,10 @@ from typing import Any, TypeVar
 
 import peewee
 
-from within_db.db import SqliteDatabase, _PostgresBackend, _Shared, bound, database
+from within_db.db import SqliteDatabase, bound, database
 from within_db.db import make_database as _make_sync
+from within_db.db.common import _Shared
+from within_db.db.postgres import _PostgresBackend
 from within_db.errors import ConfigurationError
 
 try:

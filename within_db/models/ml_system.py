@@ -119,7 +119,7 @@ class PredictionLog(BaseModel):
     class Meta:
         table_name = "prediction_logs"
         indexes = ((("model_version", "created_at"), False),)
-        # read by the database classes (db.py): where the backend partitions tables, this one
+        # read by the database classes (within_db.db): where the backend partitions tables, this one
         # is range-partitioned by month on the column, and each guarded unique column keeps
         # its uniqueness across partitions in the named single-column table
         partition_by = "created_at"
