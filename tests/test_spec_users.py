@@ -760,6 +760,54 @@ def test_a_taken_role_name_is_a_conflict_and_writes_nothing(db):
     assert svc.create_role("x" * 64).name == "x" * 64
 
 
+def test_creating_roles_and_permissions_is_audited_by_the_actor(db):
+    admin = svc.create_user("admin@example.com", PASSWORD)
+    svc.ensure_permission("campaigns.view")
+    before = len(_events())
+    role = svc.create_role("marketer", ["campaigns.edit", "campaigns.view", "campaigns.edit"],
+                           now=T0, actor=admin)
+    events = _events()[before:]
+    edit = Permission.get(Permission.codename == "campaigns.edit")
+    # only the new permission is recorded, then the role with its permissions in order given
+    assert [_event(e) for e in events] == [
+        ("permission.created", admin.id, "permissions", str(edit.id),
+         {"codename": "campaigns.edit"}),
+        ("role.created", admin.id, "roles", str(role.id),
+         {"role": "marketer", "permissions": ["campaigns.edit", "campaigns.view"]}),
+    ]
+    assert {e.created_at for e in events} == {T0}
+    again = svc.ensure_permission("campaigns.edit", actor=admin)
+    assert again.id == edit.id and len(_events()) == before + 2
+    nobody = svc.ensure_permission("reports.view")
+    assert _event(_events()[-1]) == ("permission.created", None, "permissions",
+                                     str(nobody.id), {"codename": "reports.view"})
+    assert verify_audit_chain().ok
+
+
+@pytest.mark.parametrize("call", [
+    lambda actor: svc.create_role("marketer", ["a.b"], actor=actor),
+    lambda actor: svc.ensure_permission("a.b", actor=actor),
+])
+@pytest.mark.parametrize("actor,message", [
+    ("admin", "actor must be a saved User, not str"),
+    (str(ACTOR), "actor must be a saved User, not str"),
+    (User(email="x@example.com"), "actor is an unsaved User: save it first"),
+])
+def test_role_and_permission_actors_are_checked_before_any_write(db, call, actor, message):
+    with refused(message):
+        call(actor)
+    assert (Role.select().count(), Permission.select().count(),
+            AuditLog.select().count()) == (0, 0, 0)
+
+
+def test_a_refused_role_leaves_no_audit_event(db):
+    svc.create_role("marketer")
+    before = _counts()
+    with pytest.raises(ConflictError):
+        svc.create_role("marketer", ["brand.new"])
+    assert _counts() == before  # neither the permission nor its event survive
+
+
 def test_grant_role_records_who_granted_it_once(db):
     boss = svc.create_user("boss@example.com", PASSWORD)
     user = svc.create_user("jane@example.com", PASSWORD)

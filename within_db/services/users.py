@@ -396,31 +396,52 @@ def _codename(value: object, name: str = "codename") -> str:
 
 
 @public_api
-def ensure_permission(codename: str, description: str = "") -> Permission:
-    """Return the permission with this codename, creating it if needed."""
+def ensure_permission(codename: str, description: str = "", *,
+                      actor: User | None = None) -> Permission:
+    """Return the permission with this codename, creating it if needed.
+
+    A creation is recorded as a ``permission.created`` audit event by ``actor``.
+    """
     _codename(codename)
     check.text(description, "description", empty=True, multiline=True)
-    with database.atomic():
-        permission, _ = Permission.get_or_create(codename=codename,
-                                                 defaults={"description": description})
+    check.optional_instance(actor, User, "actor")
+    return _ensure_permission(codename, description, actor)
+
+
+def _ensure_permission(codename: str, description: str, actor: User | None,
+                       now: dt.datetime | None = None) -> Permission:
+    with write_transaction():
+        permission, created = Permission.get_or_create(codename=codename,
+                                                       defaults={"description": description})
+        if created:
+            record_event(actor, "permission.created", target=permission,
+                         metadata={"codename": codename}, created_at=now)
     return permission
 
 
 @public_api
 def create_role(name: str, permissions: Sequence[str] = (), description: str = "",
-                now: dt.datetime | None = None) -> Role:
-    """Create a role holding ``permissions`` (codenames, created as needed)."""
+                now: dt.datetime | None = None, *, actor: User | None = None) -> Role:
+    """Create a role holding ``permissions`` (codenames, created as needed).
+
+    Recorded as a ``role.created`` audit event by ``actor`` naming the role and its
+    permissions (and ``permission.created`` for each new permission), all at ``now``.
+    """
     check.text(name, "name", max_length=Role.name.max_length)
-    codenames = check.text_list(permissions, "permissions", item=_codename)
+    codenames = list(dict.fromkeys(check.text_list(permissions, "permissions", item=_codename)))
     check.text(description, "description", empty=True, multiline=True)
     now = check.optional_instant(now, "now") or utcnow()
+    check.optional_instance(actor, User, "actor")
     with write_transaction():
         with conflict_on("roles_name", "a role with that name already exists"), \
                 database.atomic():
             role = Role.create(name=name, description=description, created_at=now,
                                updated_at=now)
-        for codename in dict.fromkeys(codenames):
-            RolePermission.create(role=role, permission=ensure_permission(codename))
+        for codename in codenames:
+            RolePermission.create(role=role,
+                                  permission=_ensure_permission(codename, "", actor, now))
+        record_event(actor, "role.created", target=role,
+                     metadata={"role": name, "permissions": codenames}, created_at=now)
     return role
 
 
