@@ -6,8 +6,10 @@ import textwrap
 import peewee
 import pytest
 
+from tests.helpers import make_user
 from within_db import migrate
 from within_db.errors import MigrationError, NotMigratedError
+from within_db.fields import BooleanField
 from within_db.models import ALL_MODELS
 from within_db.models.campaigns import Campaign
 from within_db.models.users import User
@@ -204,6 +206,7 @@ def test_generate_writes_a_migration_that_closes_the_drift(fresh_db, tmp_path):
     class Note(BaseModel):
         user = peewee.ForeignKeyField(User, on_delete="CASCADE", backref="+")
         body = peewee.TextField()
+        is_pinned = BooleanField(default=False)
 
         class Meta:
             table_name = "notes"
@@ -220,6 +223,13 @@ def test_generate_writes_a_migration_that_closes_the_drift(fresh_db, tmp_path):
         assert "notes_body_not_empty_check" in source and "nickname" in source
         assert migrate.upgrade(fresh_db, directory=folder) == [added]
         assert drift.check(fresh_db, models=models, directory=folder) == []
+        # the database keeps the new boolean 0 or 1: a CHECK on SQLite, the type on PostgreSQL
+        owner = make_user()
+        sql = f"INSERT INTO notes (user_id, body, is_pinned) VALUES ({fresh_db.param}, 'x', 2)"
+        with pytest.raises(peewee.DatabaseError) as info, fresh_db.atomic():
+            fresh_db.execute_sql(sql, (User.id.db_value(owner.id),))
+        assert "notes_is_pinned_boolean_check" in str(info.value) \
+            or "is of type boolean" in str(info.value)
         with pytest.raises(MigrationError, match="nothing to generate"):
             drift.generate("again", fresh_db, models=models, directory=folder)
         assert migrate.downgrade(fresh_db, directory=folder) == [added]

@@ -15,12 +15,27 @@ import peewee
 __all__ = ["local_type_source", "models_source", "storage_class"]
 
 _LOCAL_TYPES = {"TIMESTAMPTZ": "TimestampTZField"}
+#: within_db's BooleanField adds a named 0/1 CHECK where the column is INTEGER (SQLite); a
+#: frozen migration defines the same field locally, so a table it creates keeps that CHECK
+_CHECKED_BOOLEAN = "CheckedBooleanField"
+_CHECKED_BOOLEAN_SOURCE = f"""class {_CHECKED_BOOLEAN}(BooleanField):
+    def ddl(self, ctx):
+        from peewee import NodeList  # not in peewee's __all__
+
+        node = super().ddl(ctx)
+        if self.ddl_datatype(ctx).sql in ('INTEGER', 'INT'):  # SQLite: keep it 0 or 1
+            name = f'{{self.model._meta.table_name}}_{{self.column_name}}_boolean_check'
+            node = NodeList((node, SQL(
+                f'CONSTRAINT "{{name}}" CHECK ("{{self.column_name}}" IN (0, 1))')))
+        return node"""
 
 
 def storage_class(field: peewee.Field) -> str:
     """Name the peewee class (or a local one in the migration) that stores ``field``."""
     if field.field_type in _LOCAL_TYPES:
         return _LOCAL_TYPES[field.field_type]
+    if isinstance(field, peewee.BooleanField) and type(field).ddl is not peewee.Field.ddl:
+        return _CHECKED_BOOLEAN
     for cls in type(field).__mro__:
         if cls.__module__ == "peewee":
             return cls.__name__
@@ -137,6 +152,7 @@ def models_source(models: Iterable[type[peewee.Model]]) -> str:
 
 
 def local_type_source() -> str:
-    return "\n\n".join(
-        f"class {name}(Field):\n    field_type = {ftype!r}" for ftype, name in _LOCAL_TYPES.items()
-    )
+    """The field classes frozen models use besides peewee's (see ``storage_class``)."""
+    return "\n\n\n".join(
+        [*(f"class {name}(Field):\n    field_type = {ftype!r}"
+           for ftype, name in _LOCAL_TYPES.items()), _CHECKED_BOOLEAN_SOURCE])
