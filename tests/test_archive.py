@@ -256,7 +256,7 @@ def _run(url, *args):
     return result
 
 
-def test_cli_archives_and_drops_with_yes(logs, fresh_url, tmp_path):
+def test_cli_archives_and_drops_with_yes(logs, fresh_url, tmp_path, backend):
     lake = tmp_path / "lake"
     result = _run(fresh_url, "archive", "prediction-logs", "--before", "2026-03", "--to",
                   str(lake), "--drop", "--yes", "--format", "json")
@@ -266,6 +266,8 @@ def test_cli_archives_and_drops_with_yes(logs, fresh_url, tmp_path):
     assert months["2026-01"]["dropped"] is True and months["2026-01"]["action"] == "written"
     assert "2026-01: 5 rows written" in result.stderr and "dropped" in result.stderr
     assert ds.dataset(lake, partitioning="hive").count_rows() == 8
+    # the dropped months' request ids are free again (PostgreSQL prunes its guard table)
+    assert ("freed 8 request id(s)" in result.stderr) == (backend == "postgres"), result.stderr
 
 
 def _unwritable(tmp_path):

@@ -3,7 +3,10 @@ across months, partition maintenance (API and CLI), retention, and the schema to
 
 import datetime as dt
 import json
+import threading
+import time
 
+import peewee
 import pytest
 from click.testing import CliRunner
 
@@ -11,17 +14,23 @@ import within_db
 from within_db import batch, migrate, partitions
 from within_db.cli import cli
 from within_db.db import database
+from within_db.db.postgres import PARTITION_LOCK_KEY
 from within_db.errors import BulkInsertError, ValidationError
+from within_db.integrity import violation
 from within_db.models.ml_system import PredictionLog
 from within_db.schema import drift, introspect
 from within_db.services import ml_system as ml
 
 from .helpers import make_ad, make_version, raises_violation
 
+GUARD = "prediction_request_ids"
+DROPPED = "prediction_request_ids_dropped_months"
+
 UTC = dt.UTC
 SHIPPED = sorted(p.stem for p in migrate.migrations_dir().glob("[0-9]*.py"))
 CONVERSION = next(name for name in SHIPPED if name.endswith("_partition_prediction_logs"))
 BEFORE_CONVERSION = SHIPPED[SHIPPED.index(CONVERSION) - 1]
+GUARD_MONTHS = next(name for name in SHIPPED if name.endswith("_guard_months"))
 
 
 def at(month: int, day: int = 15, year: int = 2026) -> dt.datetime:
@@ -201,6 +210,60 @@ def test_a_database_migrated_before_converts_with_every_row_kept(fresh_db, backe
     assert drift.check(fresh_db) == []
 
 
+def test_guard_months_migration_fills_months_keeps_rows_and_reverts(fresh_db, backend):
+    db = fresh_db
+    migrate.upgrade(db, target=CONVERSION)
+    with db.connection_context():
+        if backend == "postgres":  # months as the conversion's era made them
+            for month in (1, 2, 3):
+                db.execute_sql(f"CREATE TABLE IF NOT EXISTS prediction_logs_2026_{month:02d} "
+                               f"PARTITION OF prediction_logs FOR VALUES FROM "
+                               f"('2026-{month:02d}-01 00:00+00') TO "
+                               f"('2026-{month + 1:02d}-01 00:00+00')")
+        version = make_version()
+        rows = [{"model_version": version.id, "request_id": f"{m}-{i}", "score": 0.1,
+                 "created_at": at(m)} for m in (1, 2) for i in range(3)]
+        rows.append({"model_version": version.id, "request_id": "edge", "score": 0.1,
+                     "created_at": dt.datetime(2026, 1, 31, 23, 59, tzinfo=UTC)})
+        batch.bulk_insert(PredictionLog, rows)
+        if backend == "postgres":  # an id whose log is gone (a partition truncated by hand)
+            db.execute_sql(f"INSERT INTO {GUARD} VALUES ('orphan')")
+        before = _snapshot(db)
+    migrate.upgrade(db)
+    assert drift.check(db) == []
+    with db.connection_context():
+        assert _snapshot(db) == before
+        if backend == "postgres":
+            months = {r: m.month for r, m in _guard(db).items()}
+            assert months == {**{f"{m}-{i}": m for m in (1, 2) for i in range(3)}, "edge": 1}
+        else:
+            assert GUARD not in introspect.table_names(db)
+        _log(version, "orphan", at(2))
+        partitions.drop("2026-02", today=dt.date(2026, 11, 1))  # January, ids not pruned
+        with raises_violation(db, "unique", "prediction_logs_request_id"):
+            _log(version, "2-0", at(3))
+    migrate.downgrade(db, target=GUARD_MONTHS)
+    with db.connection_context():
+        # reverted, the pending prune is done: the old design freed ids with their month
+        _log(version, "1-0", at(2))
+        with raises_violation(db, "unique", "prediction_logs_request_id"):
+            _log(version, "2-0", at(3))
+        if backend == "postgres":
+            assert set(_guard_columns(db)) == {"request_id"}
+            assert DROPPED not in introspect.table_names(db)
+        after = _snapshot(db)
+    migrate.upgrade(db)
+    assert drift.check(db) == []
+    with db.connection_context():
+        assert _snapshot(db) == after
+
+
+def _guard_columns(db):
+    return [c for (c,) in db.execute_sql(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+        "AND NOT attisdropped", (GUARD,)).fetchall()]
+
+
 # -- maintenance: ensure, list, drop ----------------------------------------------------------
 
 
@@ -284,6 +347,226 @@ def test_drop_refuses_to_run_inside_a_transaction(db):
         partitions.drop("2026-01")
 
 
+def _guard(db):
+    return dict(db.execute_sql(f"SELECT request_id, month FROM {GUARD}").fetchall())
+
+
+def _dropped(db):
+    return [m for (m,) in db.execute_sql(f"SELECT month FROM {DROPPED} ORDER BY 1").fetchall()]
+
+
+def test_guard_rows_record_the_utc_month_of_their_log(db, backend):
+    version = make_version()
+    if backend == "sqlite":  # UNIQUE(request_id) on the one table: no guard to keep
+        assert GUARD not in introspect.table_names(db)
+        return
+    # the session's zone must not matter: 23:30 UTC on 31 January is February in Kiritimati
+    db.execute_sql("SET LOCAL TIME ZONE 'Pacific/Kiritimati'")
+    late = _log(version, "late-jan", dt.datetime(2026, 1, 31, 23, 30, tzinfo=UTC))
+    moved = _log(version, "to-move", at(2))
+    assert _guard(db) == {"late-jan": dt.date(2026, 1, 1), "to-move": dt.date(2026, 2, 1)}
+    PredictionLog.update(request_id="renamed").where(PredictionLog.id == late.id).execute()
+    PredictionLog.update(created_at=at(3)).where(PredictionLog.id == moved.id).execute()
+    assert _guard(db) == {"renamed": dt.date(2026, 1, 1), "to-move": dt.date(2026, 3, 1)}
+    PredictionLog.delete().where(PredictionLog.id == moved.id).execute()
+    assert _guard(db) == {"renamed": dt.date(2026, 1, 1)}
+
+
+def _nonzero(counts):
+    return {month: n for month, n in counts.items() if n}
+
+
+def test_dropped_ids_stay_taken_until_pruned_then_are_free(migrated_fresh_db, backend):
+    db = migrated_fresh_db
+    version = make_version()
+    ml.log_predictions(version, [{"request_id": f"r{m}-{i}", "score": 0.1, "created_at": at(m)}
+                                 for m in (1, 2, 3) for i in range(5)])
+    january, february = dt.date(2026, 1, 1), dt.date(2026, 2, 1)
+    dropped = partitions.drop("2026-03", today=dt.date(2026, 11, 1))
+    assert _nonzero(dropped) == {january: 5, february: 5}
+    if backend == "postgres":
+        assert _dropped(db) == sorted(dropped)  # every month dropped, empty ones too
+        with raises_violation(db, "unique", "prediction_logs_request_id"):
+            _log(version, "r1-0", at(3))  # stricter until pruned, never looser
+        # an interrupted prune left part of February: a rerun finishes it
+        db.execute_sql(f"DELETE FROM {GUARD} WHERE request_id IN ('r2-0', 'r2-1')")
+        assert _nonzero(partitions.prune(batch_size=2)) == {january: 5, february: 3}
+        assert _dropped(db) == [] and sorted(_guard(db)) == [f"r3-{i}" for i in range(5)]
+    else:
+        assert partitions.prune(batch_size=2) == {}  # the rows and their ids went together
+    _log(version, "r1-0", at(3))
+    _log(version, "r2-4", at(3))
+    assert partitions.prune() == {}
+    with raises_violation(db, "unique", "prediction_logs_request_id"):
+        _log(version, "r3-0", at(4))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 0}, "batch_size"), ({"batch_size": True}, "batch_size"),
+    ({"batch_size": "10"}, "batch_size"),
+])
+def test_prune_refuses_bad_arguments(db, kwargs, message):
+    with pytest.raises(ValidationError, match=message):
+        partitions.prune(**kwargs)
+
+
+def test_prune_refuses_to_run_inside_a_transaction(db):
+    with pytest.raises(ValidationError, match="outside"):
+        partitions.prune()
+
+
+def _session(url):
+    other = within_db.db.make_database(url)
+    other.connect()
+    return other
+
+
+def _insert_sql(version_id, request_id, month):
+    return ("INSERT INTO prediction_logs (model_version_id, request_id, score, features, "
+            f"created_at) VALUES ({int(version_id)}, '{request_id}', 0.5, '{{}}', "
+            f"'2026-{month:02d}-15 12:00:00+00')")
+
+
+def _in_thread(fn):
+    """Start ``fn`` in a thread; return (thread, outcome) where outcome fills on exit."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = fn()
+        except Exception as exc:  # handed to the test thread, which asserts on it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def _wait_until_waiting(db, pid, what="Lock", timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = db.execute_sql("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                             (pid,)).fetchone()
+        if row and row[0] == what:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"backend {pid} never waited on a {what}")
+
+
+@pytest.mark.parametrize("isolation", ["READ COMMITTED", "REPEATABLE READ"])
+def test_concurrent_writers_of_one_request_id_one_wins_the_other_names_the_constraint(
+        migrated_fresh_db, fresh_url, backend, isolation):
+    version = make_version()
+    first, second = _session(fresh_url), _session(fresh_url)
+    try:
+        if backend == "sqlite":  # one writer at a time: the second sees the committed row
+            with first.atomic():
+                first.execute_sql(_insert_sql(version.id, "race", 1).replace("'2026-01-15 "
+                                                                             "12:00:00+00'",
+                                                                             "'2026-01-15'"))
+            with raises_violation(second, "unique", "prediction_logs_request_id"):
+                second.execute_sql(_insert_sql(version.id, "race", 2).replace(
+                    "'2026-02-15 12:00:00+00'", "'2026-02-15'"))
+            return
+        pid = second.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+        cursor = second.connection().cursor()  # peewee's connections are per thread
+        for request_id, end in (("race-commit", "COMMIT"), ("race-rollback", "ROLLBACK")):
+            first.execute_sql("BEGIN")
+            first.execute_sql(_insert_sql(version.id, request_id, 1))
+            second.execute_sql(f"BEGIN ISOLATION LEVEL {isolation}")
+            second.execute_sql("SELECT 1")  # the snapshot predates the first's commit
+            thread, outcome = _in_thread(
+                lambda rid=request_id: cursor.execute(_insert_sql(version.id, rid, 2)))
+            _wait_until_waiting(first, pid)  # on the first writer's guard row
+            first.execute_sql(end)
+            thread.join(30)
+            assert not thread.is_alive()
+            if end == "COMMIT":
+                found = violation(peewee.IntegrityError(outcome.get("error")), second)
+                assert found is not None, outcome
+                assert (found.kind, found.name) == ("unique", "prediction_logs_request_id")
+                second.execute_sql("ROLLBACK")
+            else:
+                assert "error" not in outcome, outcome
+                second.execute_sql("COMMIT")
+        counts = dict(first.execute_sql("SELECT request_id, count(*) FROM prediction_logs "
+                                        "GROUP BY 1").fetchall())
+        assert counts == {"race-commit": 1, "race-rollback": 1}
+        assert set(_guard(first)) == {"race-commit", "race-rollback"}
+    finally:
+        first.close()
+        second.close()
+
+
+def test_drop_beside_writers_blocks_none_and_waits_for_their_transactions(
+        migrated_fresh_db, fresh_url, backend):
+    version = make_version()
+    ml.log_predictions(version, [{"request_id": f"old-{i}", "score": 0.1, "created_at": at(1)}
+                                 for i in range(3)])
+    writer, dropper = _session(fresh_url), within_db.db.make_database(fresh_url)
+    try:
+        if backend == "sqlite":  # batches of DELETEs between the writer's transactions
+            with writer.atomic():
+                writer.execute_sql("INSERT INTO prediction_logs (model_version_id, request_id, "
+                                   "score, features, created_at) VALUES (?, 'w-0', 0.5, '{}', "
+                                   "'2026-03-15')", (version.id,))
+            dropped = partitions.drop("2026-02", today=dt.date(2026, 11, 1), db=dropper)
+            assert _nonzero(dropped) == {dt.date(2026, 1, 1): 3}
+            return
+        writer.execute_sql("SET lock_timeout = '5s'")  # a blocked writer fails the test
+        writer.execute_sql("BEGIN")
+        writer.execute_sql(_insert_sql(version.id, "w-0", 3))
+        thread, outcome = _in_thread(
+            lambda: partitions.drop("2026-02", today=dt.date(2026, 11, 1), db=dropper))
+        time.sleep(1)  # the detach's second phase now waits for the writer's transaction
+        assert thread.is_alive()
+        for i in range(1, 4):  # meanwhile the writer keeps writing, and so does a new one
+            writer.execute_sql(_insert_sql(version.id, f"w-{i}", 3))
+        ml.log_predictions(version, [{"request_id": "other", "score": 0.1, "created_at": at(3)}])
+        writer.execute_sql("COMMIT")
+        thread.join(60)
+        assert not thread.is_alive() and "error" not in outcome, outcome
+        assert _nonzero(outcome["value"]) == {dt.date(2026, 1, 1): 3}
+        # an open write transaction neither blocks the prune nor is blocked by it
+        writer.execute_sql("BEGIN")
+        writer.execute_sql(_insert_sql(version.id, "w-4", 3))
+        thread, outcome = _in_thread(lambda: partitions.prune(db=dropper))
+        thread.join(30)
+        assert not thread.is_alive() and "error" not in outcome, outcome
+        assert _nonzero(outcome["value"]) == {dt.date(2026, 1, 1): 3}
+        writer.execute_sql(_insert_sql(version.id, "old-0", 3))  # freed
+        writer.execute_sql("COMMIT")
+        assert PredictionLog.select().count() == 7
+    finally:
+        writer.close()
+        dropper.close()
+
+
+def test_prune_waits_for_ensure_so_a_month_is_never_pruned_while_created(
+        migrated_fresh_db, fresh_url, backend):
+    version = make_version()
+    ml.log_predictions(version, [{"request_id": "jan", "score": 0.1, "created_at": at(1)}])
+    partitions.drop("2026-02", today=dt.date(2026, 11, 1))
+    if backend == "sqlite":
+        assert partitions.prune() == {}
+        return
+    holder, pruner = _session(fresh_url), within_db.db.make_database(fresh_url)
+    try:
+        holder.execute_sql("BEGIN")
+        holder.execute_sql("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
+        thread, outcome = _in_thread(lambda: partitions.prune(db=pruner))
+        time.sleep(1)
+        assert thread.is_alive() and dt.date(2026, 1, 1) in _dropped(migrated_fresh_db)
+        holder.execute_sql("COMMIT")
+        thread.join(30)
+        assert "error" not in outcome, outcome
+        assert _nonzero(outcome["value"]) == {dt.date(2026, 1, 1): 1}
+        assert _dropped(migrated_fresh_db) == []
+    finally:
+        holder.close()
+        pruner.close()
+
+
 # -- the CLI ----------------------------------------------------------------------------------
 
 
@@ -325,6 +608,13 @@ def test_partitions_cli_lists_ensures_and_drops(run, fresh_url, backend):
     result = run("partitions", "drop", "--before", "2026-02", "--yes", "--format", "json")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().startswith("[") and '"rows": 1' in result.stdout
+    # PostgreSQL frees the dropped month's request ids right after the drop
+    assert ("1 id(s)" in result.stderr) == (backend == "postgres"), result.stderr
+    db = within_db.connect(fresh_url)
+    with db.connection_context():
+        ml.log_predictions(version, [{"request_id": "c1", "score": 0.1, "created_at": at(2)}])
+        PredictionLog.delete().where(PredictionLog.request_id == "c1").execute()
+    db.close()
     bad = run("partitions", "drop", "--before", "2026/02", "--yes")
     assert bad.exit_code == 1 and "YYYY-MM" in bad.stderr
     result = run("inspect", "tables", "--format", "json")

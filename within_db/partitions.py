@@ -19,7 +19,7 @@ from within_db.errors import ValidationError
 from within_db.models.ml_system import PredictionLog
 
 __all__ = ["DEFAULT_AHEAD", "Partition", "drop", "ensure", "list_partitions", "months_between",
-           "parse_month"]
+           "parse_month", "prune"]
 
 DEFAULT_AHEAD = 3
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
@@ -78,12 +78,13 @@ def ensure(ahead: int = DEFAULT_AHEAD, since: str | dt.date | None = None,
     months after the current one; return the names created (none on SQLite).
 
     Writers keep writing meanwhile (LIKE + CHECK + ATTACH, see ``within_db.db``). Run it from
-    cron, e.g. daily; ``since`` backfills past months before loading historic rows.
+    cron, e.g. daily; ``since`` backfills past months before loading historic rows (a month
+    dropped earlier has its request ids pruned first).
     """
     if not isinstance(ahead, int) or isinstance(ahead, bool) or not 0 <= ahead <= 120:
         raise ValidationError("ahead: expected a number of months from 0 to 120")
     db = bound(db)
-    table, column, _ = _layout(model)
+    table, column, guards = _layout(model)
     current = month_start(today or dt.datetime.now(dt.UTC).date())
     first = parse_month(since, "since") if since is not None else current
     last = current
@@ -93,7 +94,7 @@ def ensure(ahead: int = DEFAULT_AHEAD, since: str | dt.date | None = None,
         raise ValidationError(f"since: {first:%Y-%m} is after the last month ensured, "
                               f"{last:%Y-%m}; raise --ahead")
     with _connected(db):
-        return db.ensure_partitions(table, column, months_between(first, last))
+        return db.ensure_partitions(table, column, months_between(first, last), guards)
 
 
 def drop(before: str | dt.date, today: dt.date | None = None, model: Any = PredictionLog,
@@ -102,11 +103,13 @@ def drop(before: str | dt.date, today: dt.date | None = None, model: Any = Predi
     """Remove every month before ``before`` (YYYY-MM); return {month: rows removed}.
 
     PostgreSQL detaches each partition CONCURRENTLY and drops it, so it must run outside a
-    transaction; SQLite deletes the rows in batches. The current month and later ones are
-    refused. ``expected`` ({month: rows}, e.g. what an archive verified) makes the drop
-    exact: a month whose row count differs when it is dropped (counted after the detach on
-    PostgreSQL, in the first batch's transaction on SQLite), or that is not in it, is kept
-    and VerificationError raised; the months before it stay dropped.
+    transaction; SQLite deletes the rows in batches. On PostgreSQL the months' request ids
+    stay taken until ``prune()`` frees them (the CLI's ``drop`` and ``ensure`` call it). The
+    current month and later ones are refused. ``expected`` ({month: rows}, e.g. what an
+    archive verified) makes the drop exact: a month whose row count differs when it is
+    dropped (counted after the detach on PostgreSQL, in the first batch's transaction on
+    SQLite), or that is not in it, is kept and VerificationError raised; the months before
+    it stay dropped.
     """
     db = bound(db)
     table, column, guards = _layout(model)
@@ -122,3 +125,22 @@ def drop(before: str | dt.date, today: dt.date | None = None, model: Any = Predi
         months = [p.start for p in db.partitions(table, column, exact=False)
                   if p.start < cutoff]
         return db.drop_partitions(table, column, months, guards, expected=expected)
+
+
+def prune(model: Any = PredictionLog, db: Backend | None = None,
+          batch_size: int = 50_000) -> dict[dt.date, int]:
+    """Free the request ids of dropped months; return {month: ids freed}.
+
+    PostgreSQL deletes the guard rows that ``drop`` left behind in batches of ``batch_size``,
+    one short transaction each, so it may run beside writers, be interrupted and rerun.
+    Nothing to do on SQLite ({}). Must run outside a transaction.
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValidationError("batch_size: expected a whole number of rows, at least 1")
+    db = bound(db)
+    table, _, guards = _layout(model)
+    if db.in_transaction():
+        raise ValidationError("pruning runs one transaction per batch; call it outside "
+                              "atomic()")
+    with _connected(db):
+        return db.prune_guards(table, guards, batch_size=batch_size)

@@ -8,6 +8,7 @@ import click
 
 from within_db import archive as api
 from within_db import migrate as migrations
+from within_db import partitions
 from within_db.cli.output import format_option, note, render
 from within_db.errors import ValidationError
 
@@ -76,3 +77,6 @@ def prediction_logs(settings, before, directory, drop, yes, fmt) -> None:
     dropped = sum(m.dropped for m in done)
     note(f"archived {sum(m.rows for m in done):,} row(s) in {len(done)} month(s) to "
          f"{plan.directory}" + (f"; dropped {dropped} month(s)" if drop else ""))
+    freed = partitions.prune(db=db) if dropped else {}
+    if freed:  # PostgreSQL: the dropped months' request ids, in batches
+        note(f"freed {sum(freed.values())} request id(s) of the dropped months")

@@ -65,7 +65,8 @@ def ensure(settings, ahead, since) -> None:
     """Create the missing partitions up to --ahead months from now, without blocking writers.
 
     Each month is built beside the table and ATTACHed (SHARE UPDATE EXCLUSIVE, not the
-    ACCESS EXCLUSIVE of PARTITION OF); safe to run repeatedly and concurrently.
+    ACCESS EXCLUSIVE of PARTITION OF); safe to run repeatedly and concurrently. Then frees
+    the request ids of months dropped earlier, if any remain (in batches).
 
     \b
     Example:
@@ -76,6 +77,14 @@ def ensure(settings, ahead, since) -> None:
     for name in created:
         click.echo(name)
     note(f"created {len(created)} partition(s)")
+    _prune(db)
+
+
+def _prune(db) -> None:
+    freed = api.prune(db=db)
+    if freed:
+        note(f"freed the request ids of {len(freed)} dropped month(s), "
+             f"{sum(freed.values())} id(s)")
 
 
 @partitions.command()
@@ -86,7 +95,8 @@ def ensure(settings, ahead, since) -> None:
 @click.pass_obj
 def drop(settings, before, yes, fmt) -> None:
     """Drop whole months before --before: DETACH CONCURRENTLY and DROP on PostgreSQL, batched
-    DELETEs on SQLite. The rows are gone for good: archive them first.
+    DELETEs on SQLite. The rows are gone for good: archive them first. On PostgreSQL the
+    months' request ids are freed afterwards, in batches (interrupted, `ensure` finishes it).
 
     \b
     Example:
@@ -106,3 +116,4 @@ def drop(settings, before, yes, fmt) -> None:
     render([{"month": f"{m:%Y-%m}", "rows": n} for m, n in dropped.items()], fmt,
            columns=["month", "rows"])
     note(f"dropped {len(dropped)} month(s), {sum(dropped.values())} row(s)")
+    _prune(db)

@@ -113,22 +113,28 @@ def _ts(month: dt.date) -> str:
 
 
 # Keeps a unique column unique across the partitions of a table: every row's value is also
-# the primary key of a narrow guard table, in the same transaction. A BEFORE row trigger (not
-# AFTER) so a COPY fails at the offending line and reports it; it fires for INSERT, COPY,
-# UPDATE and DELETE, and for a row an UPDATE moves to another month PostgreSQL fires DELETE
-# then INSERT, so the UPDATE branch leaves those rows alone.
+# the primary key of a narrow guard table, in the same transaction, with the UTC month of the
+# row. A BEFORE row trigger (not AFTER) so a COPY fails at the offending line and reports it;
+# it fires for INSERT, COPY, UPDATE and DELETE, and for a row an UPDATE moves to another month
+# PostgreSQL fires DELETE then INSERT, so the UPDATE branch leaves those rows alone. Dropping a
+# month leaves its guard rows behind (deleting them made most of a drop's time): the drop
+# records the month in <guard>_dropped_months and ``prune_guards`` deletes them later, in
+# batches found through the BRIN index on month. Until then the month's values stay taken,
+# which is stricter, never looser.
 GUARD_FUNCTION = """
 CREATE FUNCTION {table}_{column}_guard() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO {guard} ({column}) VALUES (NEW.{column});
+        INSERT INTO {guard} ({column}, month)
+            VALUES (NEW.{column}, date_trunc('month', NEW.{key} AT TIME ZONE 'UTC')::date);
         RETURN NEW;
     ELSIF TG_OP = 'UPDATE' THEN
         IF NEW.{column} IS DISTINCT FROM OLD.{column}
                 AND date_trunc('month', NEW.{key}, 'UTC')
                     = date_trunc('month', OLD.{key}, 'UTC') THEN
             DELETE FROM {guard} WHERE {column} = OLD.{column};
-            INSERT INTO {guard} ({column}) VALUES (NEW.{column});
+            INSERT INTO {guard} ({column}, month)
+                VALUES (NEW.{column}, date_trunc('month', NEW.{key} AT TIME ZONE 'UTC')::date);
         END IF;
         RETURN NEW;
     END IF;
@@ -154,10 +160,15 @@ def guard_sql(table: str, column: str, guard: str, column_type: str, key: str = 
     """Return the DDL of ``guard`` (primary key ``<table>_<column>``) and its triggers.
 
     The primary key carries the name the unique index has on an unpartitioned table, so a
-    duplicate is reported as the same constraint on every backend.
+    duplicate is reported as the same constraint on every backend. ``month`` (the row's UTC
+    month, first day) has a BRIN index: nearly free to keep for rows arriving in time order,
+    and it finds a dropped month's rows for ``prune_guards``.
     """
     return (f"CREATE TABLE {guard} ({column} {column_type} "
-            f"CONSTRAINT {table}_{column} PRIMARY KEY);"
+            f"CONSTRAINT {table}_{column} PRIMARY KEY, month date NOT NULL);"
+            f"CREATE INDEX {guard}_month ON {guard} USING brin (month) "
+            "WITH (autosummarize = on);"
+            f"CREATE TABLE {guard}_dropped_months (month date PRIMARY KEY);"
             + GUARD_FUNCTION.format(table=table, column=column, guard=guard, key=key))
 
 
@@ -458,7 +469,8 @@ class _PostgresBackend(_Reads, peewee.PostgresqlDatabase):
     def _count(self, table: str) -> int:
         return self.execute_sql(f"SELECT count(*) FROM {_quote(table)}").fetchone()[0]  # noqa: S608
 
-    def ensure_partitions(self, table: str, column: str, months: list[dt.date]) -> list[str]:
+    def ensure_partitions(self, table: str, column: str, months: list[dt.date],
+                          guards: dict[str, str] | None = None) -> list[str]:
         """Create and attach the partitions of ``months`` that are missing; return their names.
 
         Writers are not blocked: each partition is built as a plain table (LIKE the parent, a
@@ -469,9 +481,13 @@ class _PostgresBackend(_Reads, peewee.PostgresqlDatabase):
         no grant on it (privileges are checked on the table a query names, the parent).
         """
         created = []
+        attached = {p.start for p in self.partitions(table, column, exact=False)}
         for month in months:
             name = partition_name(table, month)
             low, high = _ts(month), _ts(next_month(month))
+            if guards and month not in attached:
+                # a month dropped earlier and not yet pruned: its old values must go first
+                self.prune_guards(table, guards, months=[month])
             with self.serialised(PARTITION_LOCK_KEY):
                 self.execute_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
                 if any(p.start == month for p in self.partitions(table, column, exact=False)):
@@ -500,11 +516,13 @@ class _PostgresBackend(_Reads, peewee.PostgresqlDatabase):
                         expected: dict[dt.date, int] | None = None) -> dict[dt.date, int]:
         """Detach the partitions of ``months`` concurrently, then drop them; {month: rows}.
 
-        Must run outside a transaction (DETACH ... CONCURRENTLY). Guard rows of the dropped
-        rows are deleted after the detach, so a request id stays taken until its month is
-        gone. A detach interrupted earlier (still pending) is finalised. With ``expected``
-        ({month: rows}, say verified in an archive), a detached month is counted (no write can
-        reach it any more) and, if it differs, attached again and VerificationError raised.
+        Must run outside a transaction (DETACH ... CONCURRENTLY). The guard rows of a dropped
+        month stay until ``prune_guards`` deletes them: the DROP records the month in each
+        guard's ``_dropped_months`` table in its own transaction, so a month is either still a
+        table or listed for pruning. A detach interrupted earlier (still pending) is finalised.
+        With ``expected`` ({month: rows}, say verified in an archive), a detached month is
+        counted (no write can reach it any more) and, if it differs, attached again and
+        VerificationError raised.
         """
         attached = {}
         for name, bound, _est, _size, pending in self._partition_rows(table):
@@ -527,11 +545,43 @@ class _PostgresBackend(_Reads, peewee.PostgresqlDatabase):
                 self.execute_sql(f"ALTER TABLE {_quote(table)} ATTACH PARTITION {_quote(name)} "
                                  f"FOR VALUES FROM ('{_ts(month)}') TO ('{high}')")
                 raise VerificationError(_changed(table, month, rows, expected.get(month), done))
-            for guarded, guard in guards.items():
-                self.execute_sql(f"DELETE FROM {_quote(guard)} g USING {_quote(name)} d "  # noqa: S608
-                                 f"WHERE g.{_quote(guarded)} = d.{_quote(guarded)}")
-            self.execute_sql(f"DROP TABLE {_quote(name)}")
+            with self.atomic():
+                self.execute_sql(f"DROP TABLE {_quote(name)}")
+                for guard in guards.values():
+                    self.execute_sql(f"INSERT INTO {_quote(guard + '_dropped_months')} "  # noqa: S608
+                                     "(month) VALUES (%s) ON CONFLICT DO NOTHING", (month,))
             done[month] = rows
+        return done
+
+    def prune_guards(self, table: str, guards: dict[str, str], months: list[dt.date] | None = None,
+                     batch_size: int = 50_000) -> dict[dt.date, int]:
+        """Delete the guard rows of dropped months in batches; return {month: rows deleted}.
+
+        ``months`` limits the work to those (default: every month listed as dropped). Each
+        batch is its own short transaction, serialised with ``ensure_partitions`` (which
+        prunes a dropped month before creating it again); a month leaves the dropped list in
+        its last batch. Safe to interrupt and rerun; no lock blocks writers.
+        """
+        done: dict[dt.date, int] = {}
+        for guard in guards.values():
+            dropped = _quote(guard + "_dropped_months")
+            listed = [m for (m,) in self.execute_sql(
+                f"SELECT month FROM {dropped} ORDER BY month").fetchall()]  # noqa: S608
+            batch = (f"DELETE FROM {_quote(guard)} WHERE ctid = ANY(ARRAY("  # noqa: S608
+                     f"SELECT ctid FROM {_quote(guard)} WHERE month = %s LIMIT {int(batch_size)}"
+                     ")) AND month = %s")
+            for month in listed:
+                if months is not None and month not in months:
+                    continue
+                while True:
+                    with self.serialised(PARTITION_LOCK_KEY):
+                        deleted = self.execute_sql(batch, (month, month)).rowcount
+                        if deleted < batch_size:
+                            self.execute_sql(f"DELETE FROM {dropped} WHERE month = %s",  # noqa: S608
+                                             (month,))
+                    done[month] = done.get(month, 0) + deleted
+                    if deleted < batch_size:
+                        break
         return done
 
     def bulk_load(self, table: str, columns: list[str], rows: Iterable[str],

@@ -332,9 +332,15 @@ class SqliteDatabase(_Shared, _Reads, peewee.SqliteDatabase):
             out.append(Partition(table, start, next_month(start), rows, None))
         return out
 
-    def ensure_partitions(self, table: str, column: str, months: list[dt.date]) -> list[str]:
+    def ensure_partitions(self, table: str, column: str, months: list[dt.date],
+                          guards: dict[str, str] | None = None) -> list[str]:
         """Create nothing and return []: one SQLite table holds every month."""
         return []
+
+    def prune_guards(self, table: str, guards: dict[str, str], months: list[dt.date] | None = None,
+                     batch_size: int = 50_000) -> dict[dt.date, int]:
+        """Delete nothing and return {}: SQLite's UNIQUE index needs no guard table."""
+        return {}
 
     def drop_partitions(self, table: str, column: str, months: list[dt.date],
                         guards: dict[str, str], batch_size: int = 50_000,
