@@ -184,7 +184,7 @@ def test_within_db_imports_without_pyarrow_and_to_arrow_names_the_extra():
             "    print(exc)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert "pip install 'within_db[lake]'" in out.stdout
+    assert out.stdout == "Arrow and Parquet need pyarrow: pip install 'within_db[lake]'\n"
     plain = subprocess.run([sys.executable, "-c", "import sys, within_db, within_db.batch, "
                             "within_db.archive, within_db.cli; print('pyarrow' in sys.modules)"],
                            capture_output=True, text=True, check=True)
