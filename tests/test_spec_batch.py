@@ -22,6 +22,7 @@ from within_db.models.campaigns import Ad, AdMetric, Campaign
 from within_db.models.ml_system import PredictionLog
 from within_db.models.users import User
 
+from .conftest import REPLICA_TEST_OPTIONS
 from .helpers import make_ad, make_campaign, make_user, make_version
 
 UTC = dt.UTC
@@ -794,6 +795,19 @@ def test_dask_graph_parts_describe_their_source(seeded_db, seeded_url):
         # a read-only connection refuses writes
         with pytest.raises((peewee.OperationalError, ReadOnlyError)):
             opened.execute_sql("DELETE FROM audit_logs")
+    finally:
+        opened.close()
+
+
+def test_a_dask_task_reads_the_replica_within_the_callers_limits(replicated_db):
+    from within_db.batch import parallel
+
+    limits = (REPLICA_TEST_OPTIONS["max_replica_lag"], REPLICA_TEST_OPTIONS["replica_wait"])
+    opened = parallel._Source(replicated_db).open()  # what each task opens
+    try:
+        assert opened.replica is not None
+        assert opened.replica.db.url == replicated_db.replica.db.url
+        assert (opened.replica.max_lag, opened.replica.wait) == limits  # not the defaults
     finally:
         opened.close()
 
