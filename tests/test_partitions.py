@@ -17,7 +17,7 @@ from within_db.db import database
 from within_db.db.postgres import PARTITION_LOCK_KEY
 from within_db.errors import BulkInsertError, ValidationError
 from within_db.integrity import violation
-from within_db.models.ml_system import PredictionLog
+from within_db.models.ml_system import MLModel, PredictionLog
 from within_db.schema import drift, introspect
 from within_db.services import ml_system as ml
 
@@ -287,6 +287,8 @@ def test_ensure_creates_the_coming_months_once(migrated_fresh_db, backend):
     ({"since": "2026-13"}, "YYYY-MM"), ({"since": "26-01"}, "YYYY-MM"),
     ({"since": "2026-01-01"}, "YYYY-MM"), ({"since": "'; DROP TABLE x; --"}, "YYYY-MM"),
     ({"since": "2099-01", "ahead": 0}, "after the last month"),
+    ({"model": PredictionLog._meta.table_name}, "model class"),
+    ({"model": MLModel}, "not partitioned by month"),
 ])
 def test_ensure_refuses_bad_arguments(db, kwargs, message):
     with pytest.raises(ValidationError, match=message):
@@ -403,7 +405,8 @@ def test_dropped_ids_stay_taken_until_pruned_then_are_free(migrated_fresh_db, ba
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"batch_size": 0}, "batch_size"), ({"batch_size": True}, "batch_size"),
-    ({"batch_size": "10"}, "batch_size"),
+    ({"batch_size": "10"}, "batch_size"), ({"model": "prediction_logs"}, "model class"),
+    ({"model": MLModel}, "not partitioned by month"),
 ])
 def test_prune_refuses_bad_arguments(db, kwargs, message):
     with pytest.raises(ValidationError, match=message):

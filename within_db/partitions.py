@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import peewee
+
 from within_db.db import Backend, Partition, bound, month_start, next_month, partition_meta
 from within_db.errors import ValidationError
 from within_db.models.ml_system import PredictionLog
@@ -55,6 +57,9 @@ def _connected(db: Backend) -> Iterator[None]:
 
 
 def _layout(model: Any) -> tuple[str, str, dict[str, str]]:
+    if not (isinstance(model, type) and issubclass(model, peewee.Model)):
+        raise ValidationError("model: expected a model class partitioned by month, "
+                              "e.g. PredictionLog")
     column, guards = partition_meta(model)
     if column is None:
         raise ValidationError(f"{model.__name__} is not partitioned by month")
