@@ -14,7 +14,7 @@ import within_db
 from within_db import batch, migrate, partitions
 from within_db.cli import cli
 from within_db.db import database
-from within_db.db.postgres import PARTITION_LOCK_KEY
+from within_db.db.pg_partitions import PARTITION_LOCK_KEY
 from within_db.errors import BulkInsertError, ValidationError
 from within_db.integrity import violation
 from within_db.models.ml_system import MLModel, PredictionLog

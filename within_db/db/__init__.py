@@ -6,6 +6,7 @@ Nothing in this package ever prints a password. One module per concern:
 
 - ``common``: the proxy, logging filter, bulk-load signals, month partitions' names and bounds;
 - ``sqlite`` and ``postgres``: one class per backend owning every backend difference;
+- ``pg_partitions``: PostgreSQL's monthly partitions and the guard tables of their unique columns;
 - ``replica``: read replicas (health, lag, routing, read-your-writes);
 - ``connection``: URL -> database, ``connect()``, ``get_db()`` and the bound-database helpers.
 """
@@ -35,7 +36,8 @@ from within_db.db.connection import (
     reading,
     write_transaction,
 )
-from within_db.db.postgres import PooledPostgresDatabase, PostgresDatabase, guard_sql
+from within_db.db.pg_partitions import guard_sql
+from within_db.db.postgres import PooledPostgresDatabase, PostgresDatabase
 from within_db.db.replica import MAX_REPLICA_LAG, REPLICA_WAIT, Replica, replica_read
 from within_db.db.sqlite import SqliteDatabase
 from within_db.url import DEFAULT_URL, SCHEMES, redact_url
