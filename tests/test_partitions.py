@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 import within_db
-from within_db import batch, migrate, partitions
+from within_db import archive, batch, migrate, partitions
 from within_db.cli import cli
-from within_db.db import database
+from within_db.db import backend, database
 from within_db.db.pg_partitions import PARTITION_LOCK_KEY
-from within_db.errors import BulkInsertError, ValidationError
+from within_db.errors import BulkInsertError, NotMigratedError, ValidationError
 from within_db.integrity import violation
 from within_db.models.ml_system import MLModel, PredictionLog
 from within_db.schema import drift, introspect
@@ -628,3 +628,23 @@ def test_partitions_cli_lists_ensures_and_drops(run, fresh_url, backend):
         assert not any(name.startswith("prediction_logs_20") for name in tables)
     else:
         assert tables["prediction_logs"]["partitions"] is None
+
+
+@pytest.mark.parametrize("name,call", [
+    ("list_partitions", lambda tmp: partitions.list_partitions()),
+    ("ensure", lambda tmp: partitions.ensure()),
+    ("drop", lambda tmp: partitions.drop("2020-01")),
+    ("prune", lambda tmp: partitions.prune()),
+    ("plan_archive", lambda tmp: archive.plan_archive("2020-01", tmp)),
+    ("archive", lambda tmp: archive.archive("2020-01", tmp)),
+])
+def test_an_unmigrated_database_is_named_not_a_driver_error(fresh_db, tmp_path, name, call):
+    # SQLite keeps one plain table: ensure and prune have nothing to do before it exists
+    if backend(fresh_db) == "sqlite" and name in ("ensure", "prune"):
+        assert call(tmp_path) in ([], {})
+        return
+    with pytest.raises(NotMigratedError) as info:
+        call(tmp_path)
+    assert str(info.value) == ("the schema is missing a table or column; run `within-db "
+                               "migrate up`")
+    assert fresh_db.get_tables() == [] and list(tmp_path.iterdir()) == []

@@ -24,6 +24,7 @@ import peewee
 from within_db import __version__, partitions
 from within_db import boundary as check
 from within_db.batch.arrow import DEFAULT_ARROW_BATCH, arrow_schema, require_pyarrow, to_arrow
+from within_db.boundary import public_api
 from within_db.db import bound, month_start, next_month, partition_meta
 from within_db.errors import (
     ArchiveDestinationError,
@@ -124,6 +125,7 @@ def _destination(directory: object) -> Path:
     return path
 
 
+@public_api
 def plan_archive(before: str | dt.date, directory: str | os.PathLike[str],
                  today: dt.date | None = None, model: Any = PredictionLog) -> ArchivePlan:
     """Check everything ``archive`` needs and return what it would archive; write nothing.
@@ -151,6 +153,7 @@ def plan_archive(before: str | dt.date, directory: str | os.PathLike[str],
     return ArchivePlan(cutoff, path, table, counts)
 
 
+@public_api
 def archive(before: str | dt.date, directory: str | os.PathLike[str], *, drop: bool = False,
             today: dt.date | None = None, model: Any = PredictionLog,
             row_group_rows: int = DEFAULT_ROW_GROUP, batch_size: int = DEFAULT_ARROW_BATCH,

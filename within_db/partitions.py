@@ -16,6 +16,7 @@ from typing import Any
 
 import peewee
 
+from within_db.boundary import public_api
 from within_db.db import Backend, Partition, bound, month_start, next_month, partition_meta
 from within_db.errors import ValidationError
 from within_db.models.ml_system import PredictionLog
@@ -66,6 +67,7 @@ def _layout(model: Any) -> tuple[str, str, dict[str, str]]:
     return model._meta.table_name, column, guards
 
 
+@public_api
 def list_partitions(exact: bool = True, model: Any = PredictionLog,
                     db: Backend | None = None) -> list[Partition]:
     """Return the table's months, oldest first: partitions on PostgreSQL, months with rows on
@@ -76,6 +78,7 @@ def list_partitions(exact: bool = True, model: Any = PredictionLog,
         return db.partitions(table, column, exact=exact)
 
 
+@public_api
 def ensure(ahead: int = DEFAULT_AHEAD, since: str | dt.date | None = None,
            today: dt.date | None = None, model: Any = PredictionLog,
            db: Backend | None = None) -> list[str]:
@@ -102,6 +105,7 @@ def ensure(ahead: int = DEFAULT_AHEAD, since: str | dt.date | None = None,
         return db.ensure_partitions(table, column, months_between(first, last), guards)
 
 
+@public_api
 def drop(before: str | dt.date, today: dt.date | None = None, model: Any = PredictionLog,
          db: Backend | None = None,
          expected: dict[dt.date, int] | None = None) -> dict[dt.date, int]:
@@ -132,6 +136,7 @@ def drop(before: str | dt.date, today: dt.date | None = None, model: Any = Predi
         return db.drop_partitions(table, column, months, guards, expected=expected)
 
 
+@public_api
 def prune(model: Any = PredictionLog, db: Backend | None = None,
           batch_size: int = 50_000) -> dict[dt.date, int]:
     """Free the request ids of dropped months; return {month: ids freed}.
