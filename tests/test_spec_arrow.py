@@ -3,12 +3,14 @@ driver error during the read leaving as the WithinDBError that names its cause.
 """
 
 import datetime as dt
+import sys
 
 import peewee
 import pytest
 
 from within_db import batch
-from within_db.errors import NotMigratedError, ValidationError
+from within_db.batch import arrow
+from within_db.errors import ConfigurationError, NotMigratedError, ValidationError
 from within_db.fields import BigIntegerField
 from within_db.models.ml_system import PredictionLog
 from within_db.models.users import User
@@ -66,3 +68,11 @@ def test_a_driver_error_while_reading_names_its_cause(db):
         reader.read_all()
     assert str(info.value) == ("the schema is missing a table or column; run "
                                "`within-db migrate up`")
+
+
+def test_without_pyarrow_the_refusal_names_the_extra(db, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
+    for call in (lambda: batch.to_arrow(User.select()), lambda: arrow.arrow_schema(User.select())):
+        with pytest.raises(ConfigurationError) as info:
+            call()
+        assert str(info.value) == "Arrow and Parquet need pyarrow: pip install 'within_db[lake]'"
