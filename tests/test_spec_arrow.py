@@ -76,3 +76,11 @@ def test_without_pyarrow_the_refusal_names_the_extra(db, monkeypatch):
         with pytest.raises(ConfigurationError) as info:
             call()
         assert str(info.value) == "Arrow and Parquet need pyarrow: pip install 'within_db[lake]'"
+
+
+@pytest.mark.parametrize("query, kind", [("SELECT 1", "str"), (User, "ModelBase"),
+                                         (User.delete(), "ModelDelete")])
+def test_only_select_queries_are_read(db, query, kind):
+    with pytest.raises(ValidationError) as info:
+        batch.to_arrow(query)
+    assert str(info.value) == f"query must be a peewee select query, not {kind}"
