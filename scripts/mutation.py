@@ -108,6 +108,12 @@ def prepare(workdir: Path, files: list[str], again: bool = False) -> None:
     for copied in ("within_db", "tests"):
         if not (again and copied == "within_db"):
             shutil.rmtree(workdir / "mutants" / copied, ignore_errors=True)
+    # mutmut's cached stats name the tests that reach the functions of the modules it
+    # mutated before; with other modules it finds no test for any mutant and stops
+    modules = workdir / "modules.txt"
+    if not modules.exists() or modules.read_text() != "\n".join(files):
+        (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+    modules.write_text("\n".join(files))
     for name in LINKED:
         link = workdir / name
         if not link.is_symlink() and (ROOT / name).exists():
