@@ -11,12 +11,13 @@ import pytest
 from within_db.errors import (
     ConflictError,
     NotFoundError,
+    NotMigratedError,
     PermissionDeniedError,
     ValidationError,
 )
 from within_db.models.campaigns import Ad, Campaign
 from within_db.models.ml_system import ModelVersion, PredictionLog
-from within_db.models.users import AccessToken, Credential
+from within_db.models.users import AccessToken, Credential, User
 from within_db.repositories import (
     CampaignRepository,
     ModelRegistryRepository,
@@ -35,6 +36,7 @@ from .helpers import (
     make_campaign,
     make_model,
     make_saved_query,
+    make_user,
     make_version,
     statements,
     user_with,
@@ -415,3 +417,53 @@ def test_cursors_are_signed_with_the_configured_secret(db, monkeypatch):
     saved = SavedQueryRepository(alice).list(limit=1).next_cursor
     with pytest.raises(ValidationError, match="invalid cursor"):
         CampaignRepository(alice).list(limit=2, cursor=saved)
+
+
+# -- the API boundary: hostile callers get WithinDBError subclasses, never driver errors -------
+
+REPOSITORIES = (CampaignRepository, ModelRegistryRepository, PredictionLogRepository,
+                SavedQueryRepository, UserRepository)
+
+
+def test_every_public_repository_method_wears_the_boundary():
+    bare = [f"{cls.__name__}.{name}" for cls in REPOSITORIES
+            for name, member in vars(cls).items()
+            if callable(member) and not name.startswith("_")
+            and not getattr(member, "__within_db_public__", False)]
+    assert bare == []
+
+
+@pytest.mark.parametrize("name,call", [
+    ("CampaignRepository.get", lambda actor: CampaignRepository(actor).get(
+        "00000000-0000-4000-8000-000000000000")),
+    ("ModelRegistryRepository.list", lambda actor: ModelRegistryRepository(actor).list()),
+    ("SavedQueryRepository.list", lambda actor: SavedQueryRepository(actor).list()),
+])
+def test_an_unmigrated_database_is_named_not_a_driver_error(fresh_db, name, call):
+    actor = User(id="00000000-0000-4000-8000-000000000001", email="a@example.com")
+    with pytest.raises(NotMigratedError) as info:
+        call(actor)
+    assert str(info.value) == ("the schema is missing a table or column; run `within-db "
+                               "migrate up`")
+    assert fresh_db.get_tables() == []
+
+
+@pytest.mark.parametrize("repository", [CampaignRepository, ModelRegistryRepository,
+                                        SavedQueryRepository])
+@pytest.mark.parametrize("kwargs,message", [
+    ({"filters": "status"}, "filters must be a dict of name to value, not str"),
+    ({"filters": [("status", "active")]}, "filters must be a dict of name to value, not list"),
+    ({"order": ["name"]}, "unknown order"),
+    ({"order": 5}, "unknown order"),
+    ({"limit": -1}, "limit must be an integer"),
+    ({"limit": "5"}, "limit must be an integer"),
+    ({"limit": 2**80}, "limit must be an integer"),
+    ({"cursor": "abc.def"}, "invalid cursor"),
+    ({"cursor": 5}, "invalid cursor"),
+])
+def test_lists_refuse_malformed_arguments_with_a_validation_error(db, repository, kwargs,
+                                                                  message):
+    actor = make_user()
+    with pytest.raises(ValidationError) as info:
+        repository(actor).list(**kwargs)
+    assert message in str(info.value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from within_db.boundary import public_api
 from within_db.db import write_transaction
 from within_db.errors import NotFoundError
 from within_db.models.analytics import SavedQuery
@@ -39,10 +40,12 @@ class SavedQueryRepository(Repository):
             raise NotFoundError("no saved query with that id")
         return found
 
+    @public_api
     def get(self, query_id: Any) -> Any:
         """Return a visible saved query (SavedQueryRead). One query, two for another's."""
         return SavedQueryRead.model_validate(self._visible(query_id))
 
+    @public_api
     def list(self, filters: dict[str, Any] | None = None, *, order: str | None = None,
              cursor: str | None = None, limit: int | None = None) -> Page:
         """Return one keyset page of one owner's saved queries (``Page[SavedQueryRead]``).
@@ -58,6 +61,7 @@ class SavedQueryRepository(Repository):
         return self.page(query, SavedQueryRead, order=order, filters=clean, cursor=cursor,
                          limit=limit, scope=str(owner))
 
+    @public_api
     def create(self, data: Any) -> Any:
         """Save a query owned by the actor through ``services.analytics.create_saved_query``
         (ValidationError for a bad definition, ConflictError for a taken name)."""
@@ -72,6 +76,7 @@ class SavedQueryRepository(Repository):
             raise NotFoundError("no saved query of yours with that id")
         return found
 
+    @public_api
     def update(self, query_id: Any, data: Any) -> Any:
         """Change the owner's saved query (a new definition is validated); SavedQueryRead.
         Two queries."""
@@ -86,6 +91,7 @@ class SavedQueryRepository(Repository):
                 saved.save(only=[*values, "updated_at"])
         return SavedQueryRead.model_validate(saved)
 
+    @public_api
     def delete(self, query_id: Any) -> None:
         """Delete the owner's saved query (its visualizations go with it). Two queries."""
         saved = self._owned(query_id)

@@ -145,6 +145,9 @@ class Repository:
 
     def clean_filters(self, filters: dict[str, Any] | None) -> dict[str, Any]:
         """Validate filter names against the allow-list and values with the fields' rules."""
+        if filters is not None and not isinstance(filters, dict):
+            raise ValidationError(f"filters must be a dict of name to value, not "
+                                  f"{type(filters).__name__}")
         out: dict[str, Any] = {}
         for name, value in (filters or {}).items():
             spec = self.filters.get(name)
@@ -158,7 +161,7 @@ class Repository:
 
     def _order(self, order: str | None, orders: dict[str, Order]) -> tuple[str, Order]:
         name = order or self.default_order
-        if name not in orders:
+        if not isinstance(name, str) or name not in orders:
             raise ValidationError(f"unknown order {str(name)[:64]!r}; allowed: "
                                   f"{', '.join(sorted(orders))}")
         return name, orders[name]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
+from within_db.boundary import public_api
 from within_db.db import write_transaction
 from within_db.errors import NotFoundError
 from within_db.models.campaigns import Ad, Campaign
@@ -66,6 +67,7 @@ class CampaignRepository(Repository):
             raise NotFoundError("no campaign with that id")
         return found
 
+    @public_api
     def get(self, campaign_id: Any) -> Any:
         """Return a visible campaign with its ads (``CampaignWithAds``).
 
@@ -76,6 +78,7 @@ class CampaignRepository(Repository):
         return CampaignWithAds(campaign=CampaignRead.model_validate(campaign),
                                ads=[AdRead.model_validate(a) for a in ads])
 
+    @public_api
     def list(self, filters: dict[str, Any] | None = None, *, order: str | None = None,
              cursor: str | None = None, limit: int | None = None) -> Page:
         """Return one keyset page of visible campaigns (``Page[CampaignRead]``).
@@ -97,6 +100,7 @@ class CampaignRepository(Repository):
         return self.page(query, CampaignRead, order=order, filters=clean, cursor=cursor,
                          limit=limit, scope=scope)
 
+    @public_api
     def user_campaigns(self, user_id: Any) -> builtins.list[Any]:
         """Return a user's campaigns, newest first, each with its ads (``CampaignWithAds``).
 
@@ -121,6 +125,7 @@ class CampaignRepository(Repository):
             self.require(EDIT_ALL, "changing another user's campaign")
         return campaign
 
+    @public_api
     def create(self, data: Any) -> Any:
         """Create a campaign owned by the actor (needs ``campaigns.edit``); CampaignRead.
 
@@ -133,6 +138,7 @@ class CampaignRepository(Repository):
             campaign = Campaign.create(owner=self.actor.id, **values)
         return CampaignRead.model_validate(campaign)
 
+    @public_api
     def update(self, campaign_id: Any, data: Any) -> Any:
         """Change the fields given; CampaignRead. Three queries (four for another's)."""
         values = changes(parse_input(CampaignUpdate, data))
@@ -144,12 +150,14 @@ class CampaignRepository(Repository):
                 campaign.save(only=[*values, "updated_at"])
         return CampaignRead.model_validate(campaign)
 
+    @public_api
     def delete(self, campaign_id: Any) -> None:
         """Delete a campaign with its ads and figures. Three queries (four for another's)."""
         campaign = self._editable(campaign_id)
         with refused_writes(), write_transaction():
             Campaign.delete().where(Campaign.id == campaign.id).execute()
 
+    @public_api
     def add_ad(self, campaign_id: Any, data: Any) -> Any:
         """Add an ad to an editable campaign; AdRead. Three queries (four for another's)."""
         values = parse_input(AdCreate, data).model_dump()
@@ -168,6 +176,7 @@ class CampaignRepository(Repository):
             raise NotFoundError("no ad with that id") from None
         return ad
 
+    @public_api
     def update_ad(self, ad_id: Any, data: Any) -> Any:
         """Change an ad's fields given; AdRead. Four queries (five for another's campaign)."""
         values = changes(parse_input(AdUpdate, data))
@@ -179,6 +188,7 @@ class CampaignRepository(Repository):
                 ad.save(only=[*values, "updated_at"])
         return AdRead.model_validate(ad)
 
+    @public_api
     def delete_ad(self, ad_id: Any) -> None:
         """Delete an ad of an editable campaign. Four queries (five for another's campaign)."""
         ad = self._editable_ad(ad_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from within_db.boundary import public_api
 from within_db.db import write_transaction
 from within_db.errors import NotFoundError
 from within_db.models.ml_system import MLModel, ModelVersion, PredictionLog
@@ -45,6 +46,7 @@ class ModelRegistryRepository(Repository):
     default_order = "name"
     filters = {"task": Filter(MLModel.task), "owner_id": Filter(MLModel.owner)}
 
+    @public_api
     def get(self, model_id: Any) -> Any:
         """Return a registered model (MLModelRead). One query."""
         found = MLModel.get_or_none(MLModel.id == as_int_id(model_id, "model"))
@@ -52,6 +54,7 @@ class ModelRegistryRepository(Repository):
             raise NotFoundError("no model with that id")
         return MLModelRead.model_validate(found)
 
+    @public_api
     def list(self, filters: dict[str, Any] | None = None, *, order: str | None = None,
              cursor: str | None = None, limit: int | None = None) -> Page:
         """Return one keyset page of models by name (``Page[MLModelRead]``). One query."""
@@ -59,6 +62,7 @@ class ModelRegistryRepository(Repository):
         return self.page(MLModel.select(), MLModelRead, order=order, filters=clean,
                          cursor=cursor, limit=limit)
 
+    @public_api
     def create(self, data: Any) -> Any:
         """Register a model owned by the actor (``models.train``); MLModelRead.
 
@@ -69,6 +73,7 @@ class ModelRegistryRepository(Repository):
         model = svc.register_model(new.name, new.task, new.description, owner=self.actor)
         return MLModelRead.model_validate(model)
 
+    @public_api
     def update(self, model_id: Any, data: Any) -> Any:
         """Change a model's description (``models.train``); MLModelRead. Three queries."""
         values = changes(parse_input(MLModelUpdate, data))
@@ -90,6 +95,7 @@ class ModelRegistryRepository(Repository):
         "version": Order((ModelVersion.version,)),
     }
 
+    @public_api
     def versions(self, model_id: Any, *, order: str | None = None, cursor: str | None = None,
                  limit: int | None = None) -> Page:
         """Return one keyset page of a model's versions, newest first by default
@@ -101,6 +107,7 @@ class ModelRegistryRepository(Repository):
                          cursor=cursor, limit=limit, scope=model_id,
                          orders=self.version_orders)
 
+    @public_api
     def create_version(self, model_id: Any, data: Any) -> Any:
         """Add the model's next version (``models.train``) through
         ``services.ml_system.create_version``; ModelVersionRead."""
@@ -113,6 +120,7 @@ class ModelRegistryRepository(Repository):
                                      framework=new.framework, description=new.description)
         return ModelVersionRead.model_validate(version)
 
+    @public_api
     def update_version(self, version_id: Any, data: Any) -> Any:
         """Change a version's description (``models.train``) or stage (``models.deploy``,
         through ``services.ml_system.transition_stage``: promoting to production archives
@@ -147,6 +155,7 @@ class PredictionLogRepository(Repository):
         "created_before": Filter(PredictionLog.created_at, "lt"),
     }
 
+    @public_api
     def get(self, log_id: Any) -> Any:
         """Return one prediction log (PredictionLogRead); needs ``predictions.view``.
         Two queries: the permission and the row."""
@@ -157,6 +166,7 @@ class PredictionLogRepository(Repository):
             raise NotFoundError("no prediction log with that id")
         return PredictionLogRead.model_validate(found)
 
+    @public_api
     def list(self, filters: dict[str, Any] | None = None, *, order: str | None = None,
              cursor: str | None = None, limit: int | None = None) -> Page:
         """Return one keyset page of prediction logs (``Page[PredictionLogRead]``); needs

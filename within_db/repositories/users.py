@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from within_db.boundary import public_api
 from within_db.db import write_transaction
 from within_db.errors import NotFoundError, ValidationError
 from within_db.models.users import User
@@ -35,6 +36,7 @@ class UserRepository(Repository):
     default_order = "email"
     filters = {"is_active": Filter(User.is_active), "is_superuser": Filter(User.is_superuser)}
 
+    @public_api
     def get(self, user_id: Any) -> Any:
         """Return a user (UserRead): the actor in one query; another with ``users.manage``
         in two (NotFoundError without it, as for an unknown id)."""
@@ -46,6 +48,7 @@ class UserRepository(Repository):
             raise NotFoundError("no user with that id")
         return UserRead.model_validate(found)
 
+    @public_api
     def list(self, filters: dict[str, Any] | None = None, *, order: str | None = None,
              cursor: str | None = None, limit: int | None = None) -> Page:
         """Return one keyset page of users by email (``Page[UserRead]``); needs
@@ -55,6 +58,7 @@ class UserRepository(Repository):
         return self.page(User.select(), UserRead, order=order, filters=clean, cursor=cursor,
                          limit=limit)
 
+    @public_api
     def create(self, data: Any) -> Any:
         """Create a user with a password through ``services.users.create_user``; UserRead.
 
@@ -67,6 +71,7 @@ class UserRepository(Repository):
                                full_name=new.full_name, actor=self.actor)
         return UserRead.model_validate(user)
 
+    @public_api
     def update(self, user_id: Any, data: Any) -> Any:
         """Change ``full_name`` (the actor's own, or anyone's with ``users.manage``) or
         ``is_active`` (``users.manage`` only, never one's own); UserRead.
