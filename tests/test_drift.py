@@ -16,7 +16,9 @@ from playhouse.migrate import SchemaMigrator
 from within_db import migrate
 from within_db.cli import cli
 from within_db.db import database, make_database
-from within_db.schema import introspect
+from within_db.errors import ValidationError
+from within_db.schema import drift, introspect
+from within_db.schema import rows as browse
 
 TRIGGER = {"sqlite": "audit_logs_no_delete", "postgres": "audit_logs_no_truncate"}
 SHIPPED = sorted(p.stem for p in migrate.migrations_dir().glob("[0-9]*.py"))
@@ -209,3 +211,27 @@ def test_check_of_a_wheel_like_install_leaves_the_package_alone(run, tmp_path):
     assert status.exit_code == 0 and all(m["status"] == "applied"
                                          for m in json.loads(status.stdout))
     assert os.access(migrate.migrations_dir(), os.R_OK)
+
+
+# -- the API boundary: bad arguments are refused with WithinDBError subclasses ----------------
+
+@pytest.mark.parametrize("call,message", [
+    (lambda db, tmp: introspect.describe(db, "users"), "tables must be a list of table names"),
+    (lambda db, tmp: introspect.describe(db, [5]), "tables must be a list of table names"),
+    (lambda db, tmp: introspect.describe(db, ["nope"]), 'unknown table "nope"'),
+    (lambda db, tmp: introspect.describe(db, ['x"; DROP TABLE users; --']), "unknown table"),
+    (lambda db, tmp: introspect.require_table(db, 5), "unknown table"),
+    (lambda db, tmp: browse.rows(db, "users", [("email",)]), "(column, text value) pairs"),
+    (lambda db, tmp: browse.rows(db, "users", order=5), "order must be a column name"),
+    (lambda db, tmp: browse.rows(db, "users", limit=-1), "limit must be an integer"),
+    (lambda db, tmp: browse.rows(db, "users", limit="5"), "limit must be an integer"),
+    (lambda db, tmp: browse.rows(db, "users", limit=2**80), "limit must be an integer"),
+    (lambda db, tmp: drift.check(db, models=5), "models must be a list of model classes"),
+    (lambda db, tmp: drift.check(db, models=["users"]), "models must be a list of peewee"),
+    (lambda db, tmp: drift.generate(None, db, directory=tmp), "must be text, not NoneType"),
+])
+def test_schema_tools_refuse_bad_arguments_with_within_db_errors(db, tmp_path, call, message):
+    with pytest.raises(ValidationError) as info:
+        call(db, tmp_path)
+    assert message in str(info.value)
+    assert list(tmp_path.iterdir()) == []

@@ -8,7 +8,7 @@ import pytest
 
 from tests.helpers import make_user
 from within_db import migrate
-from within_db.errors import MigrationError, NotMigratedError
+from within_db.errors import ArgumentError, MigrationError, NotMigratedError, ValidationError
 from within_db.fields import BooleanField
 from within_db.models import ALL_MODELS
 from within_db.models.campaigns import Campaign
@@ -355,3 +355,34 @@ def test_applied_is_an_aware_utc_instant_and_older_rows_are_converted(fresh_db):
     after = {s.name: s.applied_at for s in migrate.status(fresh_db)}
     assert {n: after[n] for n in earlier} == {n: before[n] for n in earlier}
     assert after[history].tzinfo is not None
+
+
+# -- the API boundary: bad arguments are refused with WithinDBError subclasses ----------------
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda db, tmp: migrate.status("sqlite:///x.db"), ValidationError,
+     "db must be a database from within_db.connect(url), not str"),
+    (lambda db, tmp: migrate.status(db, 5), ArgumentError,
+     "directory must be a folder path (str or Path), not int"),
+    (lambda db, tmp: migrate.upgrade(db, directory=["migrations"]), ArgumentError,
+     "directory must be a folder path (str or Path), not list"),
+    (lambda db, tmp: migrate.project_migrations(5), ArgumentError,
+     "directory must be a folder path (str or Path), not int"),
+    (lambda db, tmp: migrate.create(None, tmp), ValidationError,
+     "the migration name must be text, not NoneType"),
+    (lambda db, tmp: migrate.create(5, tmp), ValidationError,
+     "the migration name must be text, not int"),
+    (lambda db, tmp: migrate.create("a\x00b", tmp), ValidationError,
+     "the migration name contains a control or invisible character (U+0000)"),
+    (lambda db, tmp: migrate.create("add_priority", 5), ArgumentError,
+     "directory must be a folder path (str or Path), not int"),
+    (lambda db, tmp: migrate.rows_at_risk(db, []), ArgumentError, "plan must be"),
+    (lambda db, tmp: migrate.rows_at_risk(db, None), ArgumentError, "plan must be"),
+    (lambda db, tmp: migrate.rows_at_risk(db, ["9999_nope"]), ArgumentError, "plan must be"),
+])
+def test_migrate_refuses_bad_arguments_and_writes_nothing(fresh_db, tmp_path, call, error,
+                                                          message):
+    with pytest.raises(error) as info:
+        call(fresh_db, tmp_path)
+    assert message in str(info.value)
+    assert fresh_db.get_tables() == [] and list(tmp_path.iterdir()) == []

@@ -21,6 +21,7 @@ import peewee
 from playhouse.migrations import MigrationError as PlayhouseMigrationError
 from playhouse.migrations import Runner as PlayhouseRunner
 
+from within_db.boundary import public_api, text
 from within_db.db import Backend, BrokenForeignKeys, bound
 from within_db.errors import (
     ArgumentError,
@@ -61,7 +62,7 @@ class Runner(PlayhouseRunner):
 
     def __init__(self, db: Backend, directory: Directory = None,
                  on_step: Callable[[str, str], object] | None = None) -> None:
-        if directory is not None and not Path(directory).is_dir():
+        if directory is not None and not Path(_directory(directory)).is_dir():
             raise ConfigurationError(
                 f"the migrations directory {directory} does not exist; create it or fix "
                 "--directory (WITHIN_DB_MIGRATIONS)")
@@ -109,6 +110,14 @@ class Runner(PlayhouseRunner):
             ) from exc
 
 
+def _directory(directory: object) -> str | Path:
+    if not isinstance(directory, (str, Path)) or isinstance(directory, str) and (
+            not directory or "\0" in directory):
+        raise ArgumentError(f"directory must be a folder path (str or Path), not "
+                            f"{type(directory).__name__}")
+    return directory
+
+
 def _history_model(db: Backend) -> type[peewee.Model]:
     """playhouse's history model with ``applied`` as an aware UTC instant on both backends.
 
@@ -140,6 +149,7 @@ class MigrationState:
     applied_at: dt.datetime | None = None
 
 
+@public_api
 def status(db: Backend | None = None, directory: Directory = None) -> list[MigrationState]:
     """Return every migration (file or history row) with whether it is applied."""
     runner = Runner(bound(db), directory)
@@ -149,17 +159,20 @@ def status(db: Backend | None = None, directory: Directory = None) -> list[Migra
             for m in rows]
 
 
+@public_api
 def pending(db: Backend | None = None, directory: Directory = None) -> list[str]:
     """Return the names of the migrations not yet applied, oldest first."""
     return [m.name for m in status(db, directory) if not m.applied]
 
 
+@public_api
 def head(db: Backend | None = None, directory: Directory = None) -> str | None:
     """Return the name of the last applied migration, or None."""
     applied = [m.name for m in status(db, directory) if m.applied]
     return applied[-1] if applied else None
 
 
+@public_api
 def upgrade(db: Backend | None = None, target: str | None = None, fake: bool = False,
             directory: Directory = None,
             on_step: Callable[[str, str], object] | None = None) -> list[str]:
@@ -177,6 +190,7 @@ def upgrade(db: Backend | None = None, target: str | None = None, fake: bool = F
     return applied
 
 
+@public_api
 def downgrade(db: Backend | None = None, target: str | None = None,
               directory: Directory = None,
               on_step: Callable[[str, str], object] | None = None) -> list[str]:
@@ -192,6 +206,7 @@ def downgrade(db: Backend | None = None, target: str | None = None,
         raise _translate(exc) from None
 
 
+@public_api
 def downgrade_plan(db: Backend | None = None, target: str | None = None,
                    directory: Directory = None) -> list[str]:
     """Return the names ``downgrade`` would revert, newest first, without reverting."""
@@ -213,6 +228,7 @@ def downgrade_plan(db: Backend | None = None, target: str | None = None,
     return plan
 
 
+@public_api
 def rows_at_risk(db: Backend | None, plan: list[str],
                  directory: Directory = None) -> dict[str, int]:
     """Return {table: rows} for tables holding rows that reverting ``plan`` would drop.
@@ -222,6 +238,10 @@ def rows_at_risk(db: Backend | None, plan: list[str],
     """
     db = bound(db)
     names = [m.name for m in status(db, directory) if not m.file_missing]
+    if not isinstance(plan, list) or not plan or not all(
+            isinstance(n, str) and n in names for n in plan):
+        raise ArgumentError("plan must be a non-empty list of migration names, as "
+                            "downgrade_plan returns")
     first = names.index(plan[-1])
     with db.scratch() as scratch:
         runner = Runner(scratch, directory)
@@ -237,6 +257,7 @@ def rows_at_risk(db: Backend | None, plan: list[str],
     return {t: n for t, n in counts.items() if n}
 
 
+@public_api
 def require_migrated(db: Backend | None = None) -> None:
     """Raise NotMigratedError unless every shipped migration is applied."""
     states = status(bound(db))
@@ -251,6 +272,7 @@ def require_migrated(db: Backend | None = None) -> None:
 PROJECT_FILES = ("setup.cfg", "pyproject.toml")
 
 
+@public_api
 def project_migrations(directory: Directory = None, cwd: Path | None = None) -> Path:
     """Return the folder new migrations are written to; ConfigurationError if there is none.
 
@@ -260,7 +282,7 @@ def project_migrations(directory: Directory = None, cwd: Path | None = None) -> 
     environment.
     """
     if directory is not None:
-        folder = Path(directory)
+        folder = Path(_directory(directory))
     else:
         start = (cwd or Path.cwd()).resolve()
         root = next((d for d in (start, *start.parents)
@@ -282,12 +304,14 @@ def project_migrations(directory: Directory = None, cwd: Path | None = None) -> 
     return folder
 
 
+@public_api
 def create_path(name: str, directory: Directory = None) -> Path:
     """Return the path of the next migration called ``name``, refusing bad names.
 
     Raises ArgumentError for an empty name, one that starts with a number (the number is
     added) or one already used; ConfigurationError as ``project_migrations``.
     """
+    text(name, "the migration name", max_length=200, empty=True)
     folder = project_migrations(directory)
     slug = re.sub(r"[^\w]+", "_", name.strip()).strip("_").lower()
     if not slug:
@@ -305,6 +329,7 @@ def create_path(name: str, directory: Directory = None) -> Path:
     return folder / f"{number:04d}_{slug}.py"
 
 
+@public_api
 def create(name: str, directory: Directory = None) -> str:
     """Write an empty numbered migration script; return its path (see ``create_path``)."""
     path = create_path(name, directory)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from within_db.boundary import public_api
 from within_db.db import Backend, bound
 from within_db.errors import ConfigurationError, ValidationError
 from within_db.migrate import HISTORY_TABLE
@@ -55,6 +56,7 @@ def _check_names(db: Backend, owner: str, app: str) -> None:
                               "could drop or alter the tables; use a role that owns nothing")
 
 
+@public_api
 def role_setup_sql(owner: str, app: str, db: Backend | None = None) -> list[str]:
     """Return the statements that give ``owner`` the schema and ``app`` least privilege.
 
@@ -103,6 +105,7 @@ def role_setup_sql(owner: str, app: str, db: Backend | None = None) -> list[str]
     return sql
 
 
+@public_api
 def setup_roles(owner: str, app: str, db: Backend | None = None) -> list[str]:
     """Apply ``role_setup_sql`` in one transaction and return the statements run.
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import peewee
 
-from within_db.errors import NotConnectedError
+from within_db.errors import NotConnectedError, ValidationError
 from within_db.url import SCHEMES, redact_url
 
 __all__ = [
@@ -238,4 +238,7 @@ def bound(db: Backend | None = None) -> Backend:
             "no database is bound: call within_db.connect(url) first "
             f"(accepted schemes: {', '.join(SCHEMES)})"
         )
+    if not isinstance(db, peewee.Database):
+        raise ValidationError("db must be a database from within_db.connect(url), not "
+                              f"{type(db).__name__}")
     return db

@@ -18,8 +18,9 @@ import peewee
 from playhouse.migrations import template
 from playhouse.schema_diff import diff_models
 
+from within_db.boundary import public_api
 from within_db.db import Backend, bound
-from within_db.errors import MigrationError
+from within_db.errors import ArgumentError, MigrationError
 from within_db.migrate import HISTORY_TABLE, Directory, Runner, create_path, status
 from within_db.schema import freeze, introspect
 from within_db.schema.introspect import Table
@@ -151,11 +152,24 @@ def _migrations_schema(db: Backend, directory: Directory, target: str | None = N
     return built
 
 
-def _expected(db: Backend, models: Models | None) -> dict[str, Table]:
+def _models(models: object) -> list[type[peewee.Model]]:
+    """``models`` as a list of model classes (all of within_db's if None or empty)."""
     from within_db.models import ALL_MODELS
 
+    if models is None:
+        return list(ALL_MODELS)
+    if not isinstance(models, Iterable) or isinstance(models, (str, bytes)):
+        raise ArgumentError(f"models must be a list of model classes, not "
+                            f"{type(models).__name__}")
+    found = list(models)
+    if not all(isinstance(m, type) and issubclass(m, peewee.Model) for m in found):
+        raise ArgumentError("models must be a list of peewee model classes")
+    return found or list(ALL_MODELS)
+
+
+def _expected(db: Backend, models: Models | None) -> dict[str, Table]:
     with db.scratch() as scratch:
-        return models_schema(scratch, list(models or ALL_MODELS))
+        return models_schema(scratch, _models(models))
 
 
 def _live(db: Backend) -> dict[str, Table] | None:
@@ -178,6 +192,7 @@ class DriftReport:
     compared: list[str]
 
 
+@public_api
 def check_report(db: Backend | None = None, models: Models | None = None,
                  directory: Directory = None) -> DriftReport:
     """Compare models, migrations and (with a migration history) the live database.
@@ -187,6 +202,7 @@ def check_report(db: Backend | None = None, models: Models | None = None,
     applied head vs database while some are pending (and a line says so).
     """
     db = bound(db)
+    models = _models(models)  # refused before any scratch database is built
     expected = _expected(db, models)
     built = _migrations_schema(db, directory)
     lines = compare(expected, built, "models", "migrations")
@@ -217,6 +233,7 @@ def check_report(db: Backend | None = None, models: Models | None = None,
     return DriftReport(lines, compared)
 
 
+@public_api
 def check(db: Backend | None = None, models: Models | None = None,
           directory: Directory = None) -> list[str]:
     """Return every drift between models, migrations and the live database (empty: none).
@@ -250,6 +267,7 @@ def _handled(d: Difference, created: set[str], columns: set[tuple[str, str]]) ->
     return False
 
 
+@public_api
 def generate(name: str, db: Backend | None = None, models: Models | None = None,
              directory: Directory = None, allow_destructive: bool = False) -> Generated:
     """Write a migration from the difference between the models and ``db``.
@@ -260,10 +278,8 @@ def generate(name: str, db: Backend | None = None, models: Models | None = None,
     what cannot be generated (CHECKs, type, nullability and default changes, partial indexes
     of existing tables, triggers) becomes TODO comments and ``Generated.todo``.
     """
-    from within_db.models import ALL_MODELS
-
     db = bound(db)
-    models = list(models or ALL_MODELS)
+    models = _models(models)
     path = create_path(name, directory)  # refuses a bad name or folder before any work
     live = _live(db)
     if live is None:

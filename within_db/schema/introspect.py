@@ -13,7 +13,8 @@ from typing import Any, cast
 
 import peewee
 
-from within_db.db import Backend
+from within_db.boundary import public_api
+from within_db.db import Backend, bound
 from within_db.errors import ArgumentError
 
 __all__ = [
@@ -82,28 +83,42 @@ class Table:
         }
 
 
+@public_api
 def table_names(db: Backend) -> list[str]:
     """Return the database's table names (current schema on PostgreSQL), sorted."""
     return db.table_names()
 
 
+@public_api
 def describe(db: Backend, tables: list[str] | None = None) -> dict[str, Table]:
     """Return the live schema of ``tables`` (default: all) keyed by table name."""
-    names = table_names(db) if tables is None else tables
+    db = bound(db)
+    if tables is None:
+        names = table_names(db)
+    else:
+        if not isinstance(tables, (list, tuple)) or not all(isinstance(t, str) for t in tables):
+            raise ArgumentError("tables must be a list of table names")
+        valid = table_names(db)
+        for name in tables:
+            if name not in valid:
+                raise ArgumentError(f'unknown table "{name}"; valid tables: '
+                                    f'{", ".join(valid)}')
+        names = list(tables)
     reader = _READERS[db.kind]
     return {name: reader(db, name) for name in names}
 
 
+@public_api
 def require_table(db: Backend, name: str) -> str:
     """Return ``name`` if it is a table here, else raise ArgumentError listing valid names."""
     valid = table_names(db)
-    if name not in valid:
+    if not isinstance(name, str) or name not in valid:
         raise ArgumentError(f'unknown table "{name}"; valid tables: {", ".join(valid)}')
     return name
 
 
 def require_column(table: Table, name: str) -> str:
-    if name not in table.columns:
+    if not isinstance(name, str) or name not in table.columns:
         raise ArgumentError(
             f'unknown column "{name}" in table "{table.name}"; valid columns: '
             f'{", ".join(table.columns)}'

@@ -11,17 +11,20 @@ from typing import Any
 
 import peewee
 
+from within_db.boundary import public_api
 from within_db.db import Backend
 from within_db.errors import ArgumentError, ValidationError
 from within_db.fields import MoneyField, codec_of
 from within_db.models import ALL_MODELS
 from within_db.schema import introspect
 
-__all__ = ["present", "rows", "table_counts"]
+__all__ = ["MAX_ROWS", "present", "rows", "table_counts"]
 
 MODELS = {m._meta.table_name: m for m in ALL_MODELS}
+MAX_ROWS = 100_000  # what `inspect rows --limit` accepts
 
 
+@public_api
 def table_counts(db: Backend) -> list[dict[str, Any]]:
     """Return ``[{"table", "rows", "partitions"}]`` for every table, one COUNT query each.
 
@@ -76,6 +79,7 @@ def _coerce(field: peewee.Field | None, column: str, value: str) -> Any:
                             f"({exc})") from None
 
 
+@public_api
 def rows(db: Backend, table: str, filters: Iterable[tuple[str, str]] = (),
          order: str | None = None, limit: int = 20) -> tuple[list[str], list[dict[str, Any]]]:
     """Return the shown columns and up to ``limit`` rows of ``table`` matching every filter.
@@ -83,6 +87,14 @@ def rows(db: Backend, table: str, filters: Iterable[tuple[str, str]] = (),
     Money columns hold integer micros, as stored. Raises ArgumentError naming the valid
     tables or columns for an unknown name, or a value that does not fit its column.
     """
+    if order is not None and not isinstance(order, str):
+        raise ArgumentError(f"order must be a column name, not {type(order).__name__}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_ROWS:
+        raise ArgumentError(f"limit must be an integer from 0 to {MAX_ROWS}")
+    filters = list(filters)
+    if not all(isinstance(f, tuple) and len(f) == 2 and all(isinstance(p, str) for p in f)
+               for f in filters):
+        raise ArgumentError("filters must be (column, text value) pairs")
     with db.connection_context():
         introspect.require_table(db, table)
         live = introspect.describe(db, [table])[table]
